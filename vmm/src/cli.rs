@@ -83,7 +83,13 @@ pub struct VmArgs {
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
-    config::parse_size(s).map_err(|e| e.to_string())
+    let size = config::parse_size(s).map_err(|e| e.to_string())?;
+    if size < crate::memory::MIN_MEMORY || size % 4096 != 0 {
+        return Err(format!(
+            "guest memory must be at least 16M and a multiple of 4K, not {s}"
+        ));
+    }
+    Ok(size)
 }
 
 fn parse_drive(s: &str) -> Result<DriveConfig, String> {
@@ -127,14 +133,22 @@ where
     }
 }
 
-/// clap's first line, without its "error: " prefix, as `ferrite: <reason>`.
+/// clap's message as one line `ferrite: <reason>`: its first line without
+/// the "error: " prefix, and, when that line ends in a colon, the indented
+/// lines that complete it (e.g. the missing arguments).
 fn one_line(rendered: &str) -> String {
-    let first = rendered
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("invalid arguments");
-    let reason = first.strip_prefix("error: ").unwrap_or(first);
-    format!("ferrite: {reason}")
+    let mut lines = rendered.lines().filter(|l| !l.trim().is_empty());
+    let first = lines.next().unwrap_or("invalid arguments");
+    let mut reason = first.strip_prefix("error: ").unwrap_or(first).to_string();
+    if reason.ends_with(':') {
+        let details: Vec<&str> = lines
+            .take_while(|l| l.starts_with(' '))
+            .map(str::trim)
+            .collect();
+        reason.push(' ');
+        reason.push_str(&details.join(", "));
+    }
+    format!("ferrite: {}", reason.trim_end())
 }
 
 #[cfg(test)]
@@ -164,9 +178,23 @@ mod tests {
     #[test]
     fn everything_given() {
         let cli = parse([
-            "ferrite", "--kernel", "k", "--initrd", "i", "--cmdline", "quiet", "--memory",
-            "1G", "--cpus", "4", "--drive", "file=a,cache=none", "--drive",
-            "file=b,readonly=on", "--stats-json", "s.json",
+            "ferrite",
+            "--kernel",
+            "k",
+            "--initrd",
+            "i",
+            "--cmdline",
+            "quiet",
+            "--memory",
+            "1G",
+            "--cpus",
+            "4",
+            "--drive",
+            "file=a,cache=none",
+            "--drive",
+            "file=b,readonly=on",
+            "--stats-json",
+            "s.json",
         ])
         .unwrap();
         assert_eq!(cli.vm.memory, 1 << 30);
@@ -183,6 +211,8 @@ mod tests {
             &["--kernel", "k", "--cpus", "0"][..],
             &["--kernel", "k", "--cpus", "255"],
             &["--kernel", "k", "--memory", "12Q"],
+            &["--kernel", "k", "--memory", "1M"],
+            &["--kernel", "k", "--memory", "16387K"],
             &["--kernel", "k", "--drive", "file=a,cache=fast"],
             &["--kernel", "k", "--bogus"],
             &[],

@@ -25,6 +25,7 @@ pub struct DriveConfig {
 
 impl DriveConfig {
     /// What the block crate needs to open the image.
+    #[allow(dead_code)] // wired to the disks in the next step
     pub fn disk_config(&self) -> DiskConfig {
         DiskConfig {
             path: self.path.clone(),
@@ -84,12 +85,16 @@ fn split_options(s: &str) -> Vec<String> {
         if c == ',' {
             if chars.peek() == Some(&',') {
                 chars.next();
-                items.last_mut().map(|i| i.push(','));
+                if let Some(item) = items.last_mut() {
+                    item.push(',');
+                }
             } else {
                 items.push(String::new());
             }
         } else {
-            items.last_mut().map(|i| i.push(c));
+            if let Some(item) = items.last_mut() {
+                item.push(c);
+            }
         }
     }
     items
@@ -125,7 +130,11 @@ pub fn parse_drive(s: &str) -> Result<DriveConfig, DriveError> {
             .ok_or_else(|| DriveError::NotKeyValue(item.clone()))?;
         match key {
             "file" => path = Some(value.to_string()),
-            "cache" => mode = value.parse().map_err(|e: block::ParseCacheModeError| DriveError::Cache(e.to_string()))?,
+            "cache" => {
+                mode = value
+                    .parse()
+                    .map_err(|e: block::ParseCacheModeError| DriveError::Cache(e.to_string()))?
+            }
             "cache.writeback" => writeback = Some(parse_bool(key, value)?),
             "cache.direct" => direct = Some(parse_bool(key, value)?),
             "cache.no-flush" => no_flush = Some(parse_bool(key, value)?),
@@ -289,7 +298,16 @@ mod tests {
         assert_eq!(parse_size("2g").unwrap(), 2 << 30);
         assert_eq!(parse_size("65536K").unwrap(), 64 << 20);
         assert_eq!(parse_size("1T").unwrap(), 1 << 40);
-        for bad in ["", "M", "12Q", "1.5G", "-1M", "0", "99999999999999999999G", "3 G"] {
+        for bad in [
+            "",
+            "M",
+            "12Q",
+            "1.5G",
+            "-1M",
+            "0",
+            "99999999999999999999G",
+            "3 G",
+        ] {
             assert!(parse_size(bad).is_err(), "{bad:?}");
         }
     }

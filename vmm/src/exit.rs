@@ -94,10 +94,7 @@ impl ExitController {
 
     /// The first reported cause, if any.
     pub fn cause(&self) -> Option<ExitCause> {
-        self.cause
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.cause.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The flag vCPU loops poll.
@@ -131,7 +128,9 @@ mod tests {
         assert_eq!(ExitCause::TripleFault.status(), 0);
         assert_eq!(ExitCause::VcpuFailed("x".into()).status(), 1);
         assert_eq!(
-            ExitCause::VcpuFailed("vCPU 0: boom".into()).message().unwrap(),
+            ExitCause::VcpuFailed("vCPU 0: boom".into())
+                .message()
+                .unwrap(),
             "ferrite: vCPU 0: boom"
         );
         assert_eq!(ExitCause::TripleFault.message(), None);

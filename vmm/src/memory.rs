@@ -73,6 +73,16 @@ pub const E820_RAM: u32 = 1;
 /// e820 entry type: reserved.
 pub const E820_RESERVED: u32 = 2;
 
+// The fixed addresses must not overlap: page tables (PML4, PDPT, four PDs)
+// are contiguous pages below the command line; the stack page sits between
+// the zero page and the page tables; devices sit in the hole.
+const _: () = assert!(PDPT_START == PML4_START + 0x1000 && PD_START == PDPT_START + 0x1000);
+const _: () = assert!(PD_START + 4 * 0x1000 <= CMDLINE_START);
+const _: () = assert!(ZERO_PAGE_START + 0x1000 <= BOOT_STACK_POINTER);
+const _: () = assert!(BOOT_STACK_POINTER < PML4_START);
+const _: () = assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
+const _: () = assert!(VIRTIO_MMIO_BASE >= MMIO_HOLE_START && IOAPIC_START > VIRTIO_MMIO_BASE);
+
 /// Why guest memory could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
@@ -88,7 +98,7 @@ pub enum MemoryError {
         /// The size asked for.
         size: u64,
         /// What vm-memory reported.
-        source: vm_memory::Error,
+        source: vm_memory::mmap::FromRangesError,
     },
 }
 
@@ -112,7 +122,7 @@ pub fn low_ram_end(size: u64) -> u64 {
 
 /// Allocates the guest's RAM.
 pub fn create_guest_memory(size: u64) -> Result<GuestMemoryMmap, MemoryError> {
-    if size < MIN_MEMORY || size % 4096 != 0 {
+    if size < MIN_MEMORY || !size.is_multiple_of(4096) {
         return Err(MemoryError::BadSize { size });
     }
     let ranges: Vec<(GuestAddress, usize)> = ram_regions(size)
@@ -170,7 +180,7 @@ pub fn e820_map(size: u64) -> Vec<E820Entry> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vm_memory::GuestMemory;
+    use vm_memory::GuestMemoryBackend;
 
     #[test]
     fn small_memory_is_one_region_and_three_e820_entries() {
@@ -223,18 +233,5 @@ mod tests {
         ));
         let mem = create_guest_memory(16 << 20).unwrap();
         assert_eq!(mem.num_regions(), 1);
-    }
-
-    #[test]
-    fn fixed_addresses_do_not_overlap() {
-        // Page tables: PML4, PDPT, 4 PDs, contiguous pages below the stack's
-        // page and the command line.
-        assert_eq!(PDPT_START, PML4_START + 0x1000);
-        assert_eq!(PD_START, PDPT_START + 0x1000);
-        assert!(PD_START + 4 * 0x1000 <= CMDLINE_START);
-        assert!(BOOT_STACK_POINTER < PML4_START);
-        assert!(ZERO_PAGE_START + 0x1000 <= BOOT_STACK_POINTER);
-        assert!(CMDLINE_START + CMDLINE_MAX_SIZE as u64 <= EBDA_START);
-        assert!(VIRTIO_MMIO_BASE >= MMIO_HOLE_START && IOAPIC_START > VIRTIO_MMIO_BASE);
     }
 }

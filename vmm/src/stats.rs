@@ -2,12 +2,12 @@
 //!
 //! ```json
 //! { "exit_status": 0,
-//!   "disks": [ { "path": "disk.img", ...the device's report... } ] }
+//!   "disks": [ { "index": 0, "path": "disk.img", ...the device's report... } ] }
 //! ```
 //!
 //! One object per `--drive`, in command-line order; each carries the
-//! device's report (cache mode, negotiated features, final WCE and the
-//! counters) under the drive's path and index.
+//! device's report (path, cache mode, negotiated features, final WCE and
+//! the counters) and the drive's index.
 
 use std::path::{Path, PathBuf};
 
@@ -18,8 +18,6 @@ use serde::Serialize;
 pub struct DiskEntry {
     /// Position on the command line (0 is /dev/vda).
     pub index: usize,
-    /// The image file.
-    pub path: PathBuf,
     /// The device's report (its fields are flattened into this object).
     #[serde(flatten)]
     pub report: serde_json::Value,
@@ -67,8 +65,7 @@ mod tests {
             exit_status: 3,
             disks: vec![DiskEntry {
                 index: 0,
-                path: "a.img".into(),
-                report: serde_json::json!({"cache": "none", "writes": 2}),
+                report: serde_json::json!({"path": "a.img", "cache": "none", "writes": 2}),
             }],
         };
         write(&path, &report).unwrap();

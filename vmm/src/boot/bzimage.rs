@@ -23,17 +23,24 @@ const XLF_KERNEL_64: u16 = 1 << 0;
 const MIN_PROTOCOL: u16 = 0x020c;
 
 /// Loads a bzImage; refuses images without a 64-bit entry.
-pub fn load(mem: &GuestMemoryMmap, file: &mut File, path: &Path) -> Result<LoadedKernel, BootError> {
-    let result = BzImage::load(mem, None, file, Some(GuestAddress(HIMEM_START))).map_err(
-        |source| BootError::Load {
-            path: path.to_path_buf(),
-            source,
-        },
-    )?;
+pub fn load(
+    mem: &GuestMemoryMmap,
+    file: &mut File,
+    path: &Path,
+) -> Result<LoadedKernel, BootError> {
+    let result =
+        BzImage::load(mem, None, file, Some(GuestAddress(HIMEM_START))).map_err(|source| {
+            BootError::Load {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
     // BzImage::load always returns the header; its absence would be a bug there.
-    let hdr = result.setup_header.ok_or_else(|| BootError::UnknownFormat {
-        path: path.to_path_buf(),
-    })?;
+    let hdr = result
+        .setup_header
+        .ok_or_else(|| BootError::UnknownFormat {
+            path: path.to_path_buf(),
+        })?;
     check_64bit(&hdr, path)?;
     let load = result.kernel_load.0;
     // The kernel decompresses in place and needs `init_size` bytes from its

@@ -19,7 +19,11 @@ const ELF_CMDLINE_MAX: usize = 2047;
 const ELF_INITRD_LIMIT: u64 = 0x8000_0000;
 
 /// Loads each PT_LOAD segment at its physical address.
-pub fn load(mem: &GuestMemoryMmap, file: &mut File, path: &Path) -> Result<LoadedKernel, BootError> {
+pub fn load(
+    mem: &GuestMemoryMmap,
+    file: &mut File,
+    path: &Path,
+) -> Result<LoadedKernel, BootError> {
     let result = Elf::load(mem, None, file, Some(GuestAddress(HIMEM_START))).map_err(|source| {
         BootError::Load {
             path: path.to_path_buf(),

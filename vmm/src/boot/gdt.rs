@@ -135,14 +135,20 @@ mod tests {
         assert_eq!(descriptor(CODE64_FLAGS, 0, 0xfffff), 0x00af_9b00_0000_ffff);
         assert_eq!(descriptor(CODE32_FLAGS, 0, 0xfffff), 0x00cf_9b00_0000_ffff);
         assert_eq!(descriptor(DATA_FLAGS, 0, 0xfffff), 0x00cf_9300_0000_ffff);
-        assert_eq!(descriptor(0x0093, 0x1234_5678, 0xabcde), 0x120a_9334_5678_bcde);
+        assert_eq!(
+            descriptor(0x0093, 0x1234_5678, 0xabcde),
+            0x120a_9334_5678_bcde
+        );
     }
 
     #[test]
     fn segments_decode_descriptors() {
         let cs = segment(descriptor(CODE64_FLAGS, 0, 0xfffff), CODE_SELECTOR);
         assert_eq!((cs.l, cs.db, cs.g, cs.present, cs.s), (1, 0, 1, 1, 1));
-        assert_eq!((cs.type_, cs.dpl, cs.limit, cs.base), (0xb, 0, 0xffff_ffff, 0));
+        assert_eq!(
+            (cs.type_, cs.dpl, cs.limit, cs.base),
+            (0xb, 0, 0xffff_ffff, 0)
+        );
         assert_eq!(cs.selector, CODE_SELECTOR);
         let cs32 = segment(descriptor(CODE32_FLAGS, 0, 0xfffff), CODE_SELECTOR);
         assert_eq!((cs32.l, cs32.db), (0, 1));

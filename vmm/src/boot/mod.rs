@@ -299,8 +299,14 @@ mod tests {
 
     #[test]
     fn initrd_goes_high_and_page_aligned_above_the_kernel() {
-        assert_eq!(initrd_address(0x1800, 0x100_0000, 0x20_0000), Some(0xffe000));
-        assert_eq!(initrd_address(0x1000, 0x100_0000, 0x20_0000), Some(0xfff000));
+        assert_eq!(
+            initrd_address(0x1800, 0x100_0000, 0x20_0000),
+            Some(0xffe000)
+        );
+        assert_eq!(
+            initrd_address(0x1000, 0x100_0000, 0x20_0000),
+            Some(0xfff000)
+        );
         // Does not fit above the kernel.
         assert_eq!(initrd_address(0x10_0000, 0x30_0000, 0x28_0000), None);
         // Larger than the limit itself.
@@ -313,7 +319,8 @@ mod tests {
         let mem = memory::create_guest_memory(16 << 20).unwrap();
         write_cmdline(&mem, "console=ttyS0", 2047).unwrap();
         let mut buf = [0u8; 14];
-        mem.read_slice(&mut buf, GuestAddress(CMDLINE_START)).unwrap();
+        mem.read_slice(&mut buf, GuestAddress(CMDLINE_START))
+            .unwrap();
         assert_eq!(&buf, b"console=ttyS0\0");
         assert!(matches!(
             write_cmdline(&mem, "abcdef", 5),

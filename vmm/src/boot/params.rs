@@ -12,8 +12,7 @@ use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::{BootError, InitrdRegion, LoadedKernel};
 use crate::memory::{
-    E820Entry, CMDLINE_START, PVH_INFO_START, PVH_MEMMAP_START, PVH_MODLIST_START,
-    ZERO_PAGE_START,
+    E820Entry, CMDLINE_START, PVH_INFO_START, PVH_MEMMAP_START, PVH_MODLIST_START, ZERO_PAGE_START,
 };
 
 /// "HdrS".
@@ -204,7 +203,7 @@ mod tests {
         assert_eq!(info.memmap_entries as usize, e820.len());
         assert_eq!(info.nr_modules, 1);
         let entry: hvm_memmap_table_entry = mem
-            .read_obj(GuestAddress(PVH_MEMMAP_START + 32 * 2))
+            .read_obj(GuestAddress(PVH_MEMMAP_START + 24 * 2))
             .unwrap();
         assert_eq!(entry.addr, e820[2].addr);
         assert_eq!(entry.size, e820[2].size);

@@ -93,12 +93,30 @@ pub fn build(cpus: u8, base: u64) -> Result<Vec<u8>, MpTableError> {
     count += 1;
     for pin in 0..IOAPIC_PINS {
         // Flags 0: polarity and trigger mode conform to the bus (ISA: edge, high).
-        entries.extend([ENTRY_IO_INTERRUPT, INT_TYPE_INT, 0, 0, ISA_BUS_ID, pin, ioapic, pin]);
+        entries.extend([
+            ENTRY_IO_INTERRUPT,
+            INT_TYPE_INT,
+            0,
+            0,
+            ISA_BUS_ID,
+            pin,
+            ioapic,
+            pin,
+        ]);
         count += 1;
     }
     for (int_type, lint) in [(INT_TYPE_EXTINT, 0u8), (INT_TYPE_NMI, 1u8)] {
         // Destination 0xFF: every local APIC.
-        entries.extend([ENTRY_LOCAL_INTERRUPT, int_type, 0, 0, ISA_BUS_ID, 0, 0xff, lint]);
+        entries.extend([
+            ENTRY_LOCAL_INTERRUPT,
+            int_type,
+            0,
+            0,
+            ISA_BUS_ID,
+            0,
+            0xff,
+            lint,
+        ]);
         count += 1;
     }
 
@@ -204,12 +222,24 @@ mod tests {
         let mut sorted = kinds.clone();
         sorted.sort_unstable();
         assert_eq!(kinds, sorted, "entries sorted by type");
-        assert_eq!(kinds.iter().filter(|k| **k == ENTRY_LOCAL_INTERRUPT).count(), 2);
+        assert_eq!(
+            kinds
+                .iter()
+                .filter(|k| **k == ENTRY_LOCAL_INTERRUPT)
+                .count(),
+            2
+        );
     }
 
     #[test]
     fn bad_counts_are_refused() {
-        assert!(matches!(build(0, MPTABLE_START), Err(MpTableError::TooManyCpus(0))));
-        assert!(matches!(build(255, MPTABLE_START), Err(MpTableError::TooManyCpus(255))));
+        assert!(matches!(
+            build(0, MPTABLE_START),
+            Err(MpTableError::TooManyCpus(0))
+        ));
+        assert!(matches!(
+            build(255, MPTABLE_START),
+            Err(MpTableError::TooManyCpus(255))
+        ));
     }
 }

@@ -20,7 +20,9 @@ use kvm_ioctls::{VcpuExit, VcpuFd};
 use super::{cpuid, ioctl, msrs, KvmError};
 use crate::boot::gdt::{self, CODE_SELECTOR, DATA_SELECTOR, TSS_SELECTOR};
 use crate::boot::EntryPoint;
-use crate::memory::{BOOT_STACK_POINTER, GDT_START, IDT_START, PML4_START, PVH_INFO_START, ZERO_PAGE_START};
+use crate::memory::{
+    BOOT_STACK_POINTER, GDT_START, IDT_START, PML4_START, PVH_INFO_START, ZERO_PAGE_START,
+};
 
 const CR0_PE: u64 = 1;
 const CR0_ET: u64 = 1 << 4;
@@ -226,7 +228,10 @@ fn dispatch(vcpu: &mut VcpuFd, id: u8, pio: &Bus, mmio: &Bus, stop: &AtomicBool)
             }
             Ok(VcpuExit::Intr) | Ok(VcpuExit::IrqWindowOpen) => continue,
             Ok(VcpuExit::InternalError) => {
-                format!("KVM_EXIT_INTERNAL_ERROR (suberror {})", internal_suberror(vcpu))
+                format!(
+                    "KVM_EXIT_INTERNAL_ERROR (suberror {})",
+                    internal_suberror(vcpu)
+                )
             }
             Ok(VcpuExit::FailEntry(reason, cpu)) => {
                 format!("KVM_EXIT_FAIL_ENTRY (hardware reason {reason:#x}, cpu {cpu})")

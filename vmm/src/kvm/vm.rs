@@ -3,7 +3,7 @@
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
-use vm_memory::{GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{ioctl, KvmError};
@@ -51,6 +51,7 @@ pub fn register_irqfd(vm: &VmFd, fd: &EventFd, irq: u32) -> Result<(), KvmError>
 
 /// Turns a guest's 32-bit write of `value` at `addr` into a write to `fd`,
 /// without an exit to userspace (virtio QueueNotify).
+#[allow(dead_code)] // wired to the disks in the next step
 pub fn register_mmio_ioeventfd(
     vm: &VmFd,
     fd: &EventFd,
