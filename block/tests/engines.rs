@@ -464,6 +464,45 @@ fn refuses_bad_ranges(engine: EngineKind) {
     assert_eq!(d.stats().errors, 3);
 }
 
+/// The image shrinking under the disk makes reads past its new end fail
+/// instead of returning fewer bytes than asked.
+fn short_read_is_an_error(engine: EngineKind) {
+    let dir = scratch();
+    let img = image(dir.path(), MIB);
+    for mode in [CacheMode::Writeback, CacheMode::None] {
+        let mut d = open(&img, mode, engine);
+        write_at(&mut d, 0, &pattern(8192, 4), 0, &[])
+            .result
+            .expect("write");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&img)
+            .and_then(|f| f.set_len(4096))
+            .expect("shrink");
+        let mut buf = Skewed::new(8192, 0);
+        let segments = buf.segments(&[]);
+        // SAFETY: buf outlives the completed op.
+        let c = unsafe {
+            run(
+                &mut d,
+                Op::Read {
+                    offset: 0,
+                    segments,
+                },
+            )
+        };
+        let e = c.result.expect_err("read across the new end must fail");
+        assert!(e.to_string().contains("short read"), "{mode}: {e}");
+        assert_eq!(d.stats().errors, 1);
+        drop(d);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&img)
+            .and_then(|f| f.set_len(MIB))
+            .expect("regrow");
+    }
+}
+
 macro_rules! per_engine {
     ($($name:ident),* $(,)?) => {
         mod sync_engine {
@@ -490,4 +529,5 @@ per_engine!(
     flush_rules,
     queue_depth_and_eventfd,
     refuses_bad_ranges,
+    short_read_is_an_error,
 );
