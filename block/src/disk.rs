@@ -554,7 +554,18 @@ impl Disk {
             Step::Modified(then) => {
                 self.write_gen += 1;
                 match then {
-                    Ok(Some(op)) => next_op = Some(op),
+                    Ok(Some(op)) => {
+                        if let Some(Some(r)) = self.slots.get_mut(slot) {
+                            if let Stage::SyncAfter { .. } = r.stage {
+                                // The sync about to start covers every
+                                // modification completed so far, this one too.
+                                r.stage = Stage::SyncAfter {
+                                    gen: self.write_gen,
+                                };
+                            }
+                        }
+                        next_op = Some(op);
+                    }
                     Ok(None) => {
                         if let Some(r) = self.take(slot) {
                             let n = if r.kind == Kind::Write {
@@ -580,13 +591,6 @@ impl Disk {
             }
         }
         if let Some(op) = next_op {
-            if let Some(Some(r)) = self.slots.get_mut(slot) {
-                if let Stage::SyncAfter { .. } = r.stage {
-                    r.stage = Stage::SyncAfter {
-                        gen: self.write_gen,
-                    };
-                }
-            }
             self.push(slot, op);
         }
     }
@@ -668,5 +672,56 @@ fn count_kind(s: &mut DiskStats, kind: Kind) {
         Kind::Flush => s.flushes += 1,
         Kind::Discard => s.discards += 1,
         Kind::WriteZeroes => s.write_zeroes += 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_moves_to_an_io_thread() {
+        fn send<T: Send>() {}
+        send::<Disk>();
+        send::<Op>();
+        send::<Completion>();
+    }
+
+    #[test]
+    fn o_dsync_only_where_the_mode_and_wce_ask() {
+        for mode in CacheMode::ALL {
+            let default = dsync_fd(mode, mode.default_write_cache());
+            assert_eq!(default, !mode.switches().writeback, "{mode} at reset");
+            assert!(
+                !dsync_fd(mode, true),
+                "{mode} with a write cache never needs O_DSYNC"
+            );
+        }
+        // WCE=0 in writeback/none is served by RWF_DSYNC, not a reopen.
+        assert!(!dsync_fd(CacheMode::None, false));
+        assert!(!dsync_fd(CacheMode::Unsafe, false));
+    }
+
+    #[test]
+    fn config_defaults() {
+        let c = DiskConfig::new("/x.img");
+        assert_eq!(
+            (c.cache, c.read_only, c.engine),
+            (CacheMode::Writeback, false, None)
+        );
+    }
+
+    #[test]
+    fn default_engine_is_io_uring_where_supported() {
+        let f = tempfile::NamedTempFile::new_in(env!("CARGO_MANIFEST_DIR")).expect("temp");
+        f.as_file().set_len(4096).expect("size");
+        let d = Disk::open(&DiskConfig::new(f.path())).expect("open");
+        let want = if crate::io_uring_supported() {
+            EngineKind::IoUring
+        } else {
+            EngineKind::Sync
+        };
+        assert_eq!(d.engine_kind(), want);
+        assert_eq!(d.path(), f.path());
     }
 }

@@ -503,6 +503,28 @@ fn short_read_is_an_error(engine: EngineKind) {
     }
 }
 
+/// With the write cache off, a write-zeroes is durable at completion (an
+/// fdatasync follows the fallocate), so the next flush has nothing to do;
+/// with it on, the flush does the sync.
+fn write_zeroes_durable_when_cache_off(engine: EngineKind) {
+    let dir = scratch();
+    let img = image(dir.path(), MIB);
+    for mode in CacheMode::ALL {
+        let mut d = open(&img, mode, engine);
+        let z = Op::WriteZeroes {
+            offset: 0,
+            len: 65536,
+            may_unmap: false,
+        };
+        op(&mut d, z).result.expect("write zeroes");
+        let durable = !d.write_cache() && mode != CacheMode::Unsafe;
+        assert_eq!(d.stats().fdatasyncs, u64::from(durable), "{mode}");
+        op(&mut d, Op::Flush).result.expect("flush");
+        let want = u64::from(mode != CacheMode::Unsafe);
+        assert_eq!(d.stats().fdatasyncs, want, "{mode}: one sync either way");
+    }
+}
+
 macro_rules! per_engine {
     ($($name:ident),* $(,)?) => {
         mod sync_engine {
@@ -530,4 +552,5 @@ per_engine!(
     queue_depth_and_eventfd,
     refuses_bad_ranges,
     short_read_is_an_error,
+    write_zeroes_durable_when_cache_off,
 );
