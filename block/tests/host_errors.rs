@@ -230,15 +230,12 @@ fn durable_write_failure_surfaces(engine: EngineKind) {
     }
 }
 
-/// The file system's count of syncs equals the disk's host_syncs in the
-/// buffered modes, across write-cache switches, and what the disk said was
-/// durable survives a power cut.
+/// The file system's count of syncs equals the disk's host_syncs in every
+/// mode, across write-cache switches; it saw O_DIRECT and O_DSYNC opens
+/// exactly where the mode asks; what the disk said was durable survives a
+/// power cut.
 fn file_system_sees_the_syncs(engine: EngineKind) {
-    for mode in [
-        CacheMode::Writeback,
-        CacheMode::Writethrough,
-        CacheMode::Unsafe,
-    ] {
+    for mode in CacheMode::ALL {
         let Some(c) = crashfs_with_image() else {
             return;
         };
@@ -256,7 +253,11 @@ fn file_system_sees_the_syncs(engine: EngineKind) {
             op(&mut d, Op::Flush).result.expect("flush");
         }
         let s = d.stats();
-        let fs_syncs = c.fs.stats().fsyncs - base;
+        let fs = c.fs.stats();
+        assert_eq!(fs.direct_opens > 0, mode.direct(), "{mode}: {fs:?}");
+        let reopens_dsync = matches!(mode, CacheMode::Writethrough | CacheMode::DirectSync);
+        assert_eq!(fs.dsync_opens > 0, reopens_dsync, "{mode}: {fs:?}");
+        let fs_syncs = fs.fsyncs - base;
         assert_eq!(
             fs_syncs, s.host_syncs,
             "{mode}: file system vs disk ({s:?})"
