@@ -12,6 +12,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::bounce::{self, AlignedBuf};
 use crate::engine::{self, Engine, EngineKind, HostOp, RawCompletion};
+use crate::lifecycle::{host_op, step, Step};
 use crate::lock::ImageLock;
 use crate::open::{self, FileKind, Geometry};
 use crate::request::{InFlight, Kind, Stage};
@@ -19,9 +20,6 @@ use crate::{BlockError, CacheMode, Completion, DiskStats, Op};
 
 /// Operations in flight at most, per disk.
 pub const QUEUE_DEPTH: usize = 128;
-
-/// Largest zero buffer a write-zeroes fallback allocates.
-const ZERO_CHUNK: usize = 1 << 20;
 
 /// How to open a disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -474,9 +472,9 @@ impl Disk {
     }
 
     /// Reaps raw completions and advances their requests until the engine
-    /// has nothing more ready.
+    /// has nothing more ready. Does not signal the eventfd: its callers
+    /// either hand the completions out now or signal themselves.
     fn process(&mut self) {
-        let before = self.ready.len();
         loop {
             let mut raw = std::mem::take(&mut self.raw);
             self.engine.reap(&mut raw);
@@ -492,12 +490,10 @@ impl Disk {
                 self.fail_all(e);
             }
         }
-        if self.ready.len() > before {
-            let _ = self.eventfd.write(1);
-        }
     }
 
-    /// Runs every in-flight request to completion (into `ready`).
+    /// Runs every in-flight request to completion (into `ready`) and
+    /// signals the eventfd if that left completions to collect.
     fn quiesce(&mut self) {
         let _ = self.engine.kick();
         while self.active > 0 {
@@ -505,6 +501,9 @@ impl Disk {
                 self.fail_all(e);
             }
             self.process();
+        }
+        if !self.ready.is_empty() {
+            let _ = self.eventfd.write(1);
         }
     }
 
@@ -555,7 +554,18 @@ impl Disk {
             Step::Modified(then) => {
                 self.write_gen += 1;
                 match then {
-                    Ok(Some(op)) => next_op = Some(op),
+                    Ok(Some(op)) => {
+                        if let Some(Some(r)) = self.slots.get_mut(slot) {
+                            if let Stage::SyncAfter { .. } = r.stage {
+                                // The sync about to start covers every
+                                // modification completed so far, this one too.
+                                r.stage = Stage::SyncAfter {
+                                    gen: self.write_gen,
+                                };
+                            }
+                        }
+                        next_op = Some(op);
+                    }
                     Ok(None) => {
                         if let Some(r) = self.take(slot) {
                             let n = if r.kind == Kind::Write {
@@ -581,13 +591,6 @@ impl Disk {
             }
         }
         if let Some(op) = next_op {
-            if let Some(Some(r)) = self.slots.get_mut(slot) {
-                if let Stage::SyncAfter { .. } = r.stage {
-                    r.stage = Stage::SyncAfter {
-                        gen: self.write_gen,
-                    };
-                }
-            }
             self.push(slot, op);
         }
     }
@@ -653,161 +656,6 @@ enum Prepared {
     Queue(InFlight),
 }
 
-/// What happens after a host operation of a request finished.
-enum Step {
-    /// Push this next host operation.
-    Again(HostOp),
-    /// Finished with this result.
-    Done(Result<u32, BlockError>),
-    /// An fdatasync covering `gen` finished.
-    Synced(u64, Result<u32, BlockError>),
-    /// The image changed (write, discard, write-zeroes): then push the
-    /// next operation, finish, or fail.
-    Modified(Result<Option<HostOp>, BlockError>),
-    /// Punching holes is unsupported; the discard did nothing.
-    NoDiscard,
-}
-
-/// The pure part of advancing a request: given its host result, its next
-/// step.
-fn step(r: &mut InFlight, res: i64) -> Step {
-    let err = |res: i64| BlockError::Io(io::Error::from_raw_os_error((-res) as i32));
-    match r.stage {
-        Stage::Transfer | Stage::ZeroFill => {
-            let writing = r.kind != Kind::Read;
-            if res < 0 {
-                return if writing {
-                    Step::Modified(Err(err(res)))
-                } else {
-                    Step::Done(Err(err(res)))
-                };
-            }
-            if res == 0 {
-                let e = short_transfer(r, writing);
-                return if writing {
-                    Step::Modified(Err(e))
-                } else {
-                    Step::Done(Err(e))
-                };
-            }
-            r.done += res as u64;
-            if r.stage == Stage::ZeroFill {
-                return Step::Modified(Ok(next_zero_chunk(r)));
-            }
-            if r.done < r.len {
-                r.advance(res as usize);
-                return Step::Again(host_op(r));
-            }
-            if writing {
-                return Step::Modified(Ok(None));
-            }
-            if let Some(b) = &r.bounce {
-                // SAFETY: submit's contract: the segments are writable and
-                // untouched by anyone else until this completion is returned.
-                unsafe { bounce::scatter(b, r.len as usize, &r.segments) };
-            }
-            Step::Done(Ok(r.len as u32))
-        }
-        Stage::Flush { gen } => Step::Synced(gen, if res < 0 { Err(err(res)) } else { Ok(0) }),
-        Stage::SyncAfter { gen } => Step::Synced(gen, if res < 0 { Err(err(res)) } else { Ok(0) }),
-        Stage::Fallocate { mode } => {
-            let unsupported = res == -(libc::EOPNOTSUPP as i64) || res == -(libc::ENOSYS as i64);
-            if unsupported && r.kind == Kind::Discard {
-                return Step::NoDiscard;
-            }
-            if unsupported && mode & libc::FALLOC_FL_PUNCH_HOLE != 0 {
-                r.stage = Stage::Fallocate {
-                    mode: libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
-                };
-                return Step::Again(host_op(r));
-            }
-            if unsupported {
-                // No way to zero a range in place: write zeros.
-                let Some(buf) = AlignedBuf::zeroed((r.len as usize).min(ZERO_CHUNK), 4096) else {
-                    return Step::Done(Err(BlockError::Io(io::Error::from(
-                        io::ErrorKind::OutOfMemory,
-                    ))));
-                };
-                r.bounce = Some(buf);
-                r.stage = Stage::ZeroFill;
-                r.sync_after = r.sync_after && !(r.rwf_dsync || r.fd_dsync);
-                return Step::Again(zero_chunk(r));
-            }
-            if res < 0 {
-                return Step::Modified(Err(err(res)));
-            }
-            if r.sync_after && r.kind == Kind::WriteZeroes {
-                r.stage = Stage::SyncAfter { gen: 0 }; // set once the generation moved
-                return Step::Modified(Ok(Some(HostOp::Fdatasync)));
-            }
-            Step::Modified(Ok(None))
-        }
-    }
-}
-
-/// After a zero-fill chunk: the next chunk, the durability sync, or done.
-fn next_zero_chunk(r: &mut InFlight) -> Option<HostOp> {
-    if r.done < r.len {
-        return Some(zero_chunk(r));
-    }
-    if r.sync_after {
-        r.stage = Stage::SyncAfter { gen: 0 };
-        return Some(HostOp::Fdatasync);
-    }
-    None
-}
-
-/// The write of the next chunk of zeros.
-fn zero_chunk(r: &mut InFlight) -> HostOp {
-    let cap = r.bounce.as_ref().map_or(0, |b| b.len()) as u64;
-    let n = (r.len - r.done).min(cap);
-    r.bounce_iovec(n as usize);
-    let (iov, count) = r.pending_iovecs();
-    HostOp::Writev {
-        iov,
-        count,
-        offset: r.offset + r.done,
-        dsync: r.rwf_dsync,
-    }
-}
-
-/// The host operation for the current stage of `r`.
-fn host_op(r: &InFlight) -> HostOp {
-    let (iov, count) = r.pending_iovecs();
-    let offset = r.offset + r.done;
-    match (r.stage, r.kind) {
-        (Stage::Transfer, Kind::Read) => HostOp::Readv { iov, count, offset },
-        (Stage::Transfer, _) | (Stage::ZeroFill, _) => HostOp::Writev {
-            iov,
-            count,
-            offset,
-            dsync: r.rwf_dsync,
-        },
-        (Stage::Flush { .. }, _) | (Stage::SyncAfter { .. }, _) => HostOp::Fdatasync,
-        (Stage::Fallocate { mode }, _) => HostOp::Fallocate {
-            offset: r.offset,
-            len: r.len,
-            mode,
-        },
-    }
-}
-
-fn short_transfer(r: &InFlight, writing: bool) -> BlockError {
-    let what = if writing { "write" } else { "read" };
-    let kind = if writing {
-        io::ErrorKind::WriteZero
-    } else {
-        io::ErrorKind::UnexpectedEof
-    };
-    BlockError::Io(io::Error::new(
-        kind,
-        format!(
-            "short {what}: {} of {} bytes at offset {} transferred",
-            r.done, r.len, r.offset
-        ),
-    ))
-}
-
 fn seg_total(segments: &[crate::Segment]) -> u64 {
     segments.iter().map(|s| s.len as u64).sum()
 }
@@ -824,5 +672,56 @@ fn count_kind(s: &mut DiskStats, kind: Kind) {
         Kind::Flush => s.flushes += 1,
         Kind::Discard => s.discards += 1,
         Kind::WriteZeroes => s.write_zeroes += 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_moves_to_an_io_thread() {
+        fn send<T: Send>() {}
+        send::<Disk>();
+        send::<Op>();
+        send::<Completion>();
+    }
+
+    #[test]
+    fn o_dsync_only_where_the_mode_and_wce_ask() {
+        for mode in CacheMode::ALL {
+            let default = dsync_fd(mode, mode.default_write_cache());
+            assert_eq!(default, !mode.switches().writeback, "{mode} at reset");
+            assert!(
+                !dsync_fd(mode, true),
+                "{mode} with a write cache never needs O_DSYNC"
+            );
+        }
+        // WCE=0 in writeback/none is served by RWF_DSYNC, not a reopen.
+        assert!(!dsync_fd(CacheMode::None, false));
+        assert!(!dsync_fd(CacheMode::Unsafe, false));
+    }
+
+    #[test]
+    fn config_defaults() {
+        let c = DiskConfig::new("/x.img");
+        assert_eq!(
+            (c.cache, c.read_only, c.engine),
+            (CacheMode::Writeback, false, None)
+        );
+    }
+
+    #[test]
+    fn default_engine_is_io_uring_where_supported() {
+        let f = tempfile::NamedTempFile::new_in(env!("CARGO_MANIFEST_DIR")).expect("temp");
+        f.as_file().set_len(4096).expect("size");
+        let d = Disk::open(&DiskConfig::new(f.path())).expect("open");
+        let want = if crate::io_uring_supported() {
+            EngineKind::IoUring
+        } else {
+            EngineKind::Sync
+        };
+        assert_eq!(d.engine_kind(), want);
+        assert_eq!(d.path(), f.path());
     }
 }

@@ -18,6 +18,7 @@ mod cache;
 mod disk;
 mod engine;
 mod error;
+mod lifecycle;
 mod lock;
 mod open;
 mod request;

@@ -126,6 +126,8 @@ pub(crate) struct InFlight {
     pub fd_dsync: bool,
     /// Follow a write-zeroes with fdatasync (durable writes promised).
     pub sync_after: bool,
+    /// Host operations retried after EINTR/EAGAIN.
+    pub retries: u8,
 }
 
 impl InFlight {
@@ -144,6 +146,7 @@ impl InFlight {
             rwf_dsync: false,
             fd_dsync: false,
             sync_after: false,
+            retries: 0,
         }
     }
 

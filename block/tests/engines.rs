@@ -464,6 +464,67 @@ fn refuses_bad_ranges(engine: EngineKind) {
     assert_eq!(d.stats().errors, 3);
 }
 
+/// The image shrinking under the disk makes reads past its new end fail
+/// instead of returning fewer bytes than asked.
+fn short_read_is_an_error(engine: EngineKind) {
+    let dir = scratch();
+    let img = image(dir.path(), MIB);
+    for mode in [CacheMode::Writeback, CacheMode::None] {
+        let mut d = open(&img, mode, engine);
+        write_at(&mut d, 0, &pattern(8192, 4), 0, &[])
+            .result
+            .expect("write");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&img)
+            .and_then(|f| f.set_len(4096))
+            .expect("shrink");
+        let mut buf = Skewed::new(8192, 0);
+        let segments = buf.segments(&[]);
+        // SAFETY: buf outlives the completed op.
+        let c = unsafe {
+            run(
+                &mut d,
+                Op::Read {
+                    offset: 0,
+                    segments,
+                },
+            )
+        };
+        let e = c.result.expect_err("read across the new end must fail");
+        assert!(e.to_string().contains("short read"), "{mode}: {e}");
+        assert_eq!(d.stats().errors, 1);
+        drop(d);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&img)
+            .and_then(|f| f.set_len(MIB))
+            .expect("regrow");
+    }
+}
+
+/// With the write cache off, a write-zeroes is durable at completion (an
+/// fdatasync follows the fallocate), so the next flush has nothing to do;
+/// with it on, the flush does the sync.
+fn write_zeroes_durable_when_cache_off(engine: EngineKind) {
+    let dir = scratch();
+    let img = image(dir.path(), MIB);
+    for mode in CacheMode::ALL {
+        let mut d = open(&img, mode, engine);
+        let z = Op::WriteZeroes {
+            offset: 0,
+            len: 65536,
+            may_unmap: false,
+        };
+        op(&mut d, z).result.expect("write zeroes");
+        let durable = !d.write_cache() && mode != CacheMode::Unsafe;
+        assert_eq!(d.stats().fdatasyncs, u64::from(durable), "{mode}");
+        op(&mut d, Op::Flush).result.expect("flush");
+        let want = u64::from(mode != CacheMode::Unsafe);
+        assert_eq!(d.stats().fdatasyncs, want, "{mode}: one sync either way");
+    }
+}
+
 macro_rules! per_engine {
     ($($name:ident),* $(,)?) => {
         mod sync_engine {
@@ -490,4 +551,6 @@ per_engine!(
     flush_rules,
     queue_depth_and_eventfd,
     refuses_bad_ranges,
+    short_read_is_an_error,
+    write_zeroes_durable_when_cache_off,
 );

@@ -230,15 +230,12 @@ fn durable_write_failure_surfaces(engine: EngineKind) {
     }
 }
 
-/// The file system's count of syncs equals the disk's host_syncs in the
-/// buffered modes, across write-cache switches, and what the disk said was
-/// durable survives a power cut.
+/// The file system's count of syncs equals the disk's host_syncs in every
+/// mode, across write-cache switches; it saw O_DIRECT and O_DSYNC opens
+/// exactly where the mode asks; what the disk said was durable survives a
+/// power cut.
 fn file_system_sees_the_syncs(engine: EngineKind) {
-    for mode in [
-        CacheMode::Writeback,
-        CacheMode::Writethrough,
-        CacheMode::Unsafe,
-    ] {
+    for mode in CacheMode::ALL {
         let Some(c) = crashfs_with_image() else {
             return;
         };
@@ -256,7 +253,11 @@ fn file_system_sees_the_syncs(engine: EngineKind) {
             op(&mut d, Op::Flush).result.expect("flush");
         }
         let s = d.stats();
-        let fs_syncs = c.fs.stats().fsyncs - base;
+        let fs = c.fs.stats();
+        assert_eq!(fs.direct_opens > 0, mode.direct(), "{mode}: {fs:?}");
+        let reopens_dsync = matches!(mode, CacheMode::Writethrough | CacheMode::DirectSync);
+        assert_eq!(fs.dsync_opens > 0, reopens_dsync, "{mode}: {fs:?}");
+        let fs_syncs = fs.fsyncs - base;
         assert_eq!(
             fs_syncs, s.host_syncs,
             "{mode}: file system vs disk ({s:?})"
@@ -276,6 +277,117 @@ fn file_system_sees_the_syncs(engine: EngineKind) {
         let survived = back.get(65536..65536 + 4096) == Some(&data[..]);
         assert_eq!(survived, mode != CacheMode::Unsafe, "{mode}");
     }
+}
+
+/// ramfs can neither punch holes nor zero ranges: discard is a no-op and
+/// write-zeroes falls back to writing zeros, durably when WCE is off.
+fn write_zeroes_fallback(engine: EngineKind) {
+    let Some(m) = Mounted::new(&["-t", "ramfs", "ramfs"], |_| true) else {
+        return;
+    };
+    let img = image(&m.dir, 3 << 20);
+    std::fs::write(&img, vec![0xeeu8; 3 << 20]).expect("seed");
+    let mut d = open(&img, CacheMode::Writethrough, engine);
+    assert!(!d.supports_discard() && d.supports_write_zeroes());
+    op(
+        &mut d,
+        Op::Discard {
+            offset: 0,
+            len: 4096,
+        },
+    )
+    .result
+    .expect("discard is a hint");
+    let z = Op::WriteZeroes {
+        offset: 4096,
+        len: (2 << 20) + 8192,
+        may_unmap: true,
+    };
+    op(&mut d, z).result.expect("write zeroes");
+    let all = std::fs::read(&img).expect("read");
+    assert!(
+        all[..4096].iter().all(|&b| b == 0xee),
+        "discard changed nothing"
+    );
+    assert!(
+        all[4096..(2 << 20) + 12288].iter().all(|&b| b == 0),
+        "zeroed"
+    );
+    assert!(
+        all[(2 << 20) + 12288..].iter().all(|&b| b == 0xee),
+        "tail untouched"
+    );
+    let s = d.stats();
+    assert_eq!((s.discards, s.write_zeroes, s.errors), (1, 1, 0));
+}
+
+/// A loop device with 4096-byte sectors: size from BLKGETSIZE64, block size
+/// from the device, O_DIRECT requests bounced, misaligned ones refused.
+fn block_device_4k_sectors(engine: EngineKind) {
+    let dir = scratch();
+    let backing = image(dir.path(), 8 << 20);
+    let out = Command::new("losetup")
+        .args(["--find", "--show", "--sector-size", "4096"])
+        .arg(&backing)
+        .output();
+    let dev = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        other => {
+            eprintln!("SKIP: cannot attach a loop device: {other:?}");
+            return;
+        }
+    };
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").args(["-d", &self.0]).status();
+        }
+    }
+    let _detach = Detach(dev.clone());
+    let dev = Path::new(&dev);
+    let mut d = open(dev, CacheMode::None, engine);
+    assert!(d.is_block_device());
+    assert_eq!(d.capacity(), 8 << 20);
+    assert_eq!(d.logical_block_size(), 4096);
+    let data = pattern(16384, 8);
+    write_at(&mut d, 8192, &data, 1, &[])
+        .result
+        .expect("bounced write");
+    assert!(read_at(&mut d, 8192, 16384, 1, &[]) == data);
+    assert!(d.stats().bounced >= 2);
+    // SAFETY: no segments.
+    let r = unsafe {
+        d.submit(
+            Op::WriteZeroes {
+                offset: 512,
+                len: 4096,
+                may_unmap: false,
+            },
+            1,
+        )
+    };
+    assert!(
+        matches!(r, Err(BlockError::Misaligned { align: 4096, .. })),
+        "{r:?}"
+    );
+    op(
+        &mut d,
+        Op::WriteZeroes {
+            offset: 8192,
+            len: 4096,
+            may_unmap: false,
+        },
+    )
+    .result
+    .expect("zeroes");
+    assert!(read_at(&mut d, 8192, 4096, 0, &[]).iter().all(|&b| b == 0));
+    op(&mut d, Op::Flush).result.expect("flush");
+    drop(d);
+    let back = std::fs::read(&backing).expect("backing");
+    assert!(
+        back[12288..8192 + 16384] == data[4096..],
+        "reached the backing file"
+    );
 }
 
 macro_rules! per_engine {
@@ -298,4 +410,6 @@ per_engine!(
     failed_fdatasync_is_sticky_when_buffered,
     durable_write_failure_surfaces,
     file_system_sees_the_syncs,
+    write_zeroes_fallback,
+    block_device_4k_sectors,
 );
