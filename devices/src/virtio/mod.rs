@@ -10,6 +10,8 @@
 pub mod block;
 pub mod mmio;
 pub mod queue_config;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod test_utils;
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};

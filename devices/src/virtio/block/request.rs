@@ -219,9 +219,9 @@ pub enum RequestError {
     /// means the guest changed a buffer under the device's feet).
     #[error("guest memory access at {0:#x} failed")]
     GuestMemory(u64),
-    /// The host I/O failed.
-    #[error("host I/O failed: {0}")]
-    Io(String),
+    /// The disk refused the operation or the host I/O failed.
+    #[error("{0}")]
+    Io(block::BlockError),
 }
 
 impl RequestError {
@@ -456,8 +456,23 @@ fn parse_framed(
         VIRTIO_BLK_T_GET_ID => Ok(RequestKind::GetId {
             data: ranges(data, true)?,
         }),
-        VIRTIO_BLK_T_DISCARD if limits.discard => parse_zeroing(data, mem, limits, false),
-        VIRTIO_BLK_T_WRITE_ZEROES if limits.write_zeroes => parse_zeroing(data, mem, limits, true),
+        VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
+            let write_zeroes = request_type == VIRTIO_BLK_T_WRITE_ZEROES;
+            // §5.2.6.2 (RO): a read-only device writes nothing; DESIGN.md
+            // answers IOERR whether or not the command is offered.
+            if limits.read_only {
+                return Err(RequestError::ReadOnly);
+            }
+            let offered = if write_zeroes {
+                limits.write_zeroes
+            } else {
+                limits.discard
+            };
+            if !offered {
+                return Err(RequestError::Unsupported(request_type));
+            }
+            parse_zeroing(data, mem, limits, write_zeroes)
+        }
         // §5.2.6.2: anything else (SCSI, zoned, secure erase, and discard or
         // write-zeroes when not offered) is answered with UNSUPP.
         other => Err(RequestError::Unsupported(other)),
@@ -522,10 +537,6 @@ fn parse_zeroing(
     limits: &DiskLimits,
     write_zeroes: bool,
 ) -> Result<RequestKind, RequestError> {
-    // §5.2.6.2 (RO): a read-only device writes nothing.
-    if limits.read_only {
-        return Err(RequestError::ReadOnly);
-    }
     let data = ranges(data, false)?;
     let len = total_len(&data);
     // §5.2.6.1: the data is a multiple of the segment size, with at most

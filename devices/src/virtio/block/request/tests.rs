@@ -430,7 +430,7 @@ fn lifecycle_writes_status_and_used_length() {
 
     let r = parse(&m, &[hdr(), desc(DATA, 1024, true), st()]).unwrap();
     let (_, in_flight) = r.begin();
-    let done = in_flight.finish(&m, Err(&RequestError::Io("EIO".into())));
+    let done = in_flight.finish(&m, Err(&RequestError::Io(block::BlockError::ReadOnly)));
     assert_eq!((done.used_len, done.status), (1, 1));
     assert_eq!(m.read_obj::<u8>(GuestAddress(STATUS)).unwrap(), 1);
 
