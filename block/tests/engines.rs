@@ -121,6 +121,15 @@ fn fill(d: &mut Disk, off: u64, len: usize, byte: u8) {
     op(d, Op::Flush).result.expect("flush");
 }
 
+/// `got` is `want` 512-byte blocks, give or take two extent-tree blocks
+/// the file system may add or drop when extents split.
+fn assert_near(got: u64, want: u64, what: &str) {
+    assert!(
+        got.abs_diff(want) <= 16,
+        "{what}: {got} blocks, expected about {want}"
+    );
+}
+
 /// Discard punches a hole (zeros, fewer blocks); write-zeroes zeroes in place
 /// or, with may_unmap, deallocates.
 fn discard_and_write_zeroes(engine: EngineKind) {
@@ -142,7 +151,7 @@ fn discard_and_write_zeroes(engine: EngineKind) {
     .result
     .expect("discard");
     let after_discard = st_blocks(&img);
-    assert_eq!(full - after_discard, 2048, "discard freed 1 MiB");
+    assert_near(full - after_discard, 2048, "discard frees 1 MiB");
     assert!(read_at(&mut d, MIB, MIB as usize, 0, &[])
         .iter()
         .all(|&b| b == 0));
@@ -158,10 +167,10 @@ fn discard_and_write_zeroes(engine: EngineKind) {
         may_unmap: false,
     };
     op(&mut d, z).result.expect("write zeroes");
-    assert_eq!(
+    assert_near(
         st_blocks(&img),
         after_discard,
-        "zeroing in place keeps blocks"
+        "zeroing in place keeps blocks",
     );
     let z = Op::WriteZeroes {
         offset: 3 * MIB,
@@ -169,10 +178,10 @@ fn discard_and_write_zeroes(engine: EngineKind) {
         may_unmap: true,
     };
     op(&mut d, z).result.expect("write zeroes unmap");
-    assert_eq!(
+    assert_near(
         after_discard - st_blocks(&img),
         1024,
-        "may_unmap deallocates"
+        "may_unmap deallocates 512 KiB",
     );
 
     let all = read_at(&mut d, 0, 4 * MIB as usize, 0, &[]);

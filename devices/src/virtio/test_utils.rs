@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_blk::VIRTIO_BLK_T_GET_ID;
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::bus::{lock, SharedDevice};
@@ -315,6 +315,42 @@ impl Driver {
         }
         let head = indices[0];
         self.chains.insert(head, indices);
+        self.push_avail(head);
+        head
+    }
+
+    /// Makes `bufs` available as one descriptor pointing to an indirect
+    /// table (§2.7.5.3) placed in the buffer area. Returns the head.
+    pub fn add_indirect_chain(&mut self, bufs: &[Buf]) -> u16 {
+        let table = self.alloc(16 * bufs.len() as u64 + 16);
+        let table = GuestAddress(table.0.next_multiple_of(16));
+        for (i, b) in bufs.iter().enumerate() {
+            let mut flags = if b.writable {
+                VRING_DESC_F_WRITE as u16
+            } else {
+                0
+            };
+            if i + 1 < bufs.len() {
+                flags |= VRING_DESC_F_NEXT as u16;
+            }
+            let mut raw = [0u8; 16];
+            raw[..8].copy_from_slice(&b.addr.0.to_le_bytes());
+            raw[8..12].copy_from_slice(&b.len.to_le_bytes());
+            raw[12..14].copy_from_slice(&flags.to_le_bytes());
+            raw[14..].copy_from_slice(&(i as u16 + 1).to_le_bytes());
+            self.mem
+                .write_slice(&raw, GuestAddress(table.0 + 16 * i as u64))
+                .unwrap();
+        }
+        let head = self.free.pop().expect("no free descriptor");
+        self.write_desc(
+            head,
+            table.0,
+            16 * bufs.len() as u32,
+            VRING_DESC_F_INDIRECT as u16,
+            0,
+        );
+        self.chains.insert(head, vec![head]);
         self.push_avail(head);
         head
     }

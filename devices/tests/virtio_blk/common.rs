@@ -19,6 +19,8 @@ pub use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 
 /// Guest RAM of every rig.
 pub const MEM_SIZE: u64 = 0x40_0000;
+/// Where guest RAM's second region starts.
+pub const REGION_SPLIT: u64 = MEM_SIZE / 2;
 /// Queue size the simulated driver picks.
 pub const QUEUE: u16 = 256;
 /// Default image size in sectors (256 KiB).
@@ -98,7 +100,13 @@ pub fn rig(opts: Opts) -> Option<Rig> {
     };
     let supports_discard = disk.supports_discard();
     let device = BlockDevice::new(disk, opts.serial).unwrap();
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
+    // Two adjacent regions, so a buffer can straddle them (REGION_SPLIT).
+    let half = (MEM_SIZE / 2) as usize;
+    let mem = GuestMemoryMmap::from_ranges(&[
+        (GuestAddress(0), half),
+        (GuestAddress(REGION_SPLIT), half),
+    ])
+    .unwrap();
     let irq = Arc::new(CountingInterrupt::default());
     let transport = MmioTransport::new(device, mem.clone(), irq.clone()).unwrap();
     let handle = transport.block_handle();

@@ -225,6 +225,12 @@ impl IoThread {
                 match ev.data() {
                     NOTIFY => drop(self.notify.read()),
                     WAKE => drop(self.wake.read()),
+                    // Nothing should complete with no driver attached; if
+                    // something does, clear it rather than spin on it.
+                    COMPLETION if self.active.is_none() => {
+                        self.disk.drain_completions(&mut self.completions);
+                        self.completions.clear();
+                    }
                     _ => {}
                 }
             }
@@ -447,6 +453,7 @@ impl IoThread {
             };
             if self.free.is_empty() {
                 // Back-pressure: a completion will bring us back here.
+                self.counters.throttled += 1;
                 return submitted;
             }
             // Re-arm notifications; if chains slipped in meanwhile, go again.

@@ -14,7 +14,7 @@
 //!            "fdatasyncs":3,"dsync_writes":40,"bounced":2,"errors":0},
 //!   "device": {"requests":59,"bad_requests":0,"unsupported":1,"needs_reset":0,
 //!              "io_errors":0,"interrupts":50,"interrupts_suppressed":2,
-//!              "resets":1,"write_cache_changes":0}
+//!              "throttled":0,"resets":1,"write_cache_changes":0}
 //! }
 //! ```
 //!
@@ -48,6 +48,9 @@ pub struct DeviceCounters {
     /// Batches of used buffers the driver asked not to be interrupted for
     /// (EVENT_IDX).
     pub interrupts_suppressed: u64,
+    /// Times the device stopped taking requests from the queue because
+    /// `queue_depth()` operations were in flight (back-pressure).
+    pub throttled: u64,
     /// Device resets by the driver.
     pub resets: u64,
     /// Changes of the `writeback` config byte by the driver.
