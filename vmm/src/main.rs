@@ -9,6 +9,7 @@ mod boot;
 mod cli;
 mod config;
 mod console;
+mod disks;
 mod exit;
 mod kvm;
 mod memory;
@@ -88,14 +89,22 @@ fn run(cli: Cli, stdin: console::Stdin) -> i32 {
         vmm.run(stdin)
     });
     console::restore_terminal();
-    let (status, line) = match result {
-        Ok(outcome) => (outcome.cause.status(), outcome.cause.message()),
-        Err(e) => (STATUS_VMM_ERROR, Some(format!("ferrite: {e}"))),
+    let (status, line, disks) = match result {
+        Ok(outcome) => (
+            outcome.cause.status(),
+            outcome.cause.message(),
+            outcome.disks,
+        ),
+        Err(e) => (STATUS_VMM_ERROR, Some(format!("ferrite: {e}")), Vec::new()),
     };
     if let Some(path) = args.stats_json.as_deref() {
         let report = stats::StatsReport {
             exit_status: status,
-            disks: Vec::new(),
+            disks: disks
+                .into_iter()
+                .enumerate()
+                .map(|(index, report)| stats::DiskEntry { index, report })
+                .collect(),
         };
         if let Err(e) = stats::write(path, &report) {
             let _ = std::io::stdout().flush();
