@@ -17,3 +17,4 @@ pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
 pub use interrupt::InterruptLine;
+pub use virtio::{block::BlockDevice, block::BlockHandle, block::BlockReport, mmio::MmioTransport};

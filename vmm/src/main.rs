@@ -1,1 +1,149 @@
-fn main() {}
+//! ferrite: a minimal KVM virtual machine monitor.
+//!
+//! `main` only turns outcomes into exit statuses: 0 for a guest reset or
+//! power-off, `(v << 1) | 1` for a debug-exit write, 1 with one line on
+//! stderr for a VMM error, 2 with one line for bad arguments. Every path
+//! restores the terminal and writes `--stats-json`.
+
+mod boot;
+mod cli;
+mod config;
+mod console;
+mod disks;
+mod exit;
+mod kvm;
+mod memory;
+mod signals;
+mod stats;
+mod vmm;
+
+use std::io::Write;
+
+use cli::{Cli, ParseOutcome};
+use exit::{STATUS_USAGE, STATUS_VMM_ERROR};
+
+fn main() {
+    // Before any thread exists, so that every thread inherits the mask and
+    // the stop signals arrive only through the event loop's signalfd.
+    if let Err(e) = signals::block_stop_signals() {
+        fail(
+            STATUS_VMM_ERROR,
+            &format!("ferrite: cannot block signals: {e}"),
+        );
+    }
+    // Before any file is opened (see `probe_stdin`).
+    let stdin = console::probe_stdin();
+    console::restore_terminal_on_panic();
+    let cli = match cli::parse(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(ParseOutcome::Info(text)) => {
+            print!("{text}");
+            let _ = std::io::stdout().flush();
+            std::process::exit(0);
+        }
+        Err(usage @ ParseOutcome::Usage(_)) => {
+            let ParseOutcome::Usage(ref line) = usage else {
+                unreachable!()
+            };
+            fail(usage.status(), line);
+        }
+    };
+    let status = run(cli, stdin);
+    console::restore_terminal();
+    let _ = std::io::stdout().flush();
+    std::process::exit(status);
+}
+
+/// Prints one line on stderr and exits.
+fn fail(status: i32, line: &str) -> ! {
+    console::restore_terminal();
+    let _ = std::io::stdout().flush();
+    eprintln!("{line}");
+    std::process::exit(status);
+}
+
+/// Boots the guest; returns the exit status.
+fn run(cli: Cli, stdin: console::Stdin) -> i32 {
+    if let Some(command) = cli.command {
+        match command {}
+    }
+    let args = cli.vm;
+    let Some(kernel) = args.kernel else {
+        fail(STATUS_USAGE, "ferrite: --kernel is required");
+    };
+    if let Err(line) = check_drives(&args.drives) {
+        fail(STATUS_USAGE, &line);
+    }
+    let cfg = vmm::VmConfig {
+        kernel,
+        initrd: args.initrd,
+        cmdline: args
+            .cmdline
+            .unwrap_or_else(|| cli::DEFAULT_CMDLINE.to_string()),
+        mem_size: args.memory,
+        cpus: args.cpus,
+        drives: args.drives,
+    };
+    let result = vmm::Vmm::new(&cfg).and_then(|vmm| {
+        vmm::prepare_console(stdin)?;
+        vmm.run(stdin)
+    });
+    console::restore_terminal();
+    let (status, line, disks) = match result {
+        Ok(outcome) => (
+            outcome.cause.status(),
+            outcome.cause.message(),
+            outcome.disks,
+        ),
+        Err(e) => (STATUS_VMM_ERROR, Some(format!("ferrite: {e}")), Vec::new()),
+    };
+    if let Some(path) = args.stats_json.as_deref() {
+        let report = stats::StatsReport {
+            exit_status: status,
+            disks: disks
+                .into_iter()
+                .enumerate()
+                .map(|(index, report)| stats::DiskEntry { index, report })
+                .collect(),
+        };
+        if let Err(e) = stats::write(path, &report) {
+            let _ = std::io::stdout().flush();
+            eprintln!("ferrite: {e}");
+            return if status == 0 {
+                STATUS_VMM_ERROR
+            } else {
+                status
+            };
+        }
+    }
+    if let Some(line) = line {
+        let _ = std::io::stdout().flush();
+        eprintln!("{line}");
+    }
+    status
+}
+
+/// Argument checks clap cannot do: the number of drives, and the same image
+/// given twice (which would also trip over its own lock).
+fn check_drives(drives: &[config::DriveConfig]) -> Result<(), String> {
+    if drives.len() > vmm::MAX_DISKS {
+        return Err(format!(
+            "ferrite: {} drives given; at most {} are supported",
+            drives.len(),
+            vmm::MAX_DISKS
+        ));
+    }
+    let mut seen = Vec::new();
+    for d in drives {
+        // A missing file is reported when it is opened; compare what exists.
+        let canonical = std::fs::canonicalize(&d.path).unwrap_or_else(|_| d.path.clone());
+        if seen.contains(&canonical) {
+            return Err(format!(
+                "ferrite: drive file {} is given more than once",
+                d.path.display()
+            ));
+        }
+        seen.push(canonical);
+    }
+    Ok(())
+}

@@ -1,0 +1,727 @@
+//! `Disk`: one open image and the state machine around it: which flags the
+//! data descriptor has, the guest-visible write cache (WCE), when a flush
+//! really syncs, in-flight requests and their completions, counters.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bounce::{self, AlignedBuf};
+use crate::engine::{self, Engine, EngineKind, HostOp, RawCompletion};
+use crate::lifecycle::{host_op, step, Step};
+use crate::lock::ImageLock;
+use crate::open::{self, FileKind, Geometry};
+use crate::request::{InFlight, Kind, Stage};
+use crate::{BlockError, CacheMode, Completion, DiskStats, Op};
+
+/// Operations in flight at most, per disk.
+pub const QUEUE_DEPTH: usize = 128;
+
+/// How to open a disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// The image: a regular file or a block device.
+    pub path: PathBuf,
+    /// The cache mode.
+    pub cache: CacheMode,
+    /// Open read-only (shared lock; writes refused).
+    pub read_only: bool,
+    /// None: io_uring where the kernel supports it, else Sync.
+    pub engine: Option<EngineKind>,
+}
+
+impl DiskConfig {
+    /// A writable writeback disk on the default engine.
+    pub fn new(path: impl Into<PathBuf>) -> DiskConfig {
+        DiskConfig {
+            path: path.into(),
+            cache: CacheMode::default(),
+            read_only: false,
+            engine: None,
+        }
+    }
+}
+
+/// One open, locked disk image.
+pub struct Disk {
+    path: PathBuf,
+    cache: CacheMode,
+    read_only: bool,
+    geometry: Geometry,
+    supports_discard: bool,
+    /// Guest-visible write cache.
+    wce: bool,
+    /// The data descriptor has O_DSYNC.
+    fd_dsync: bool,
+    /// A failed fdatasync on a buffered image: flushes fail from now on.
+    sync_failed: bool,
+    /// Completed modifying operations (writes, discards, write-zeroes).
+    write_gen: u64,
+    /// `write_gen` covered by the last successful fdatasync.
+    synced_gen: u64,
+    stats: DiskStats,
+    // Field order matters on drop: the engine (and its ring) goes before
+    // the descriptor it uses, the lock last.
+    engine: Box<dyn Engine>,
+    slots: Vec<Option<InFlight>>,
+    free: Vec<usize>,
+    active: usize,
+    ready: VecDeque<Completion>,
+    raw: Vec<RawCompletion>,
+    eventfd: EventFd,
+    file: File,
+    _lock: ImageLock,
+}
+
+impl Disk {
+    /// Opens (and locks: exclusive if writable, shared if read-only) the image.
+    pub fn open(cfg: &DiskConfig) -> Result<Disk, BlockError> {
+        Disk::open_inner(cfg, 1)
+    }
+
+    /// Like `open`, but treats buffers as misaligned unless their address and
+    /// length are multiples of `mem_alignment` (a power of two), whatever the
+    /// host needs. For tests and diagnostics: it makes the bounce path run on
+    /// any file system and cache mode.
+    pub fn open_with_mem_alignment(
+        cfg: &DiskConfig,
+        mem_alignment: usize,
+    ) -> Result<Disk, BlockError> {
+        Disk::open_inner(cfg, mem_alignment)
+    }
+
+    fn open_inner(cfg: &DiskConfig, min_align: usize) -> Result<Disk, BlockError> {
+        let path = cfg.path.clone();
+        let lock = ImageLock::acquire(&path, !cfg.read_only)?;
+        let wce = cfg.cache.default_write_cache();
+        let fd_dsync = dsync_fd(cfg.cache, wce);
+        let file = open::open_data(&path, open::data_flags(cfg.cache, cfg.read_only, fd_dsync))?;
+        let mut geometry = open::discover(&file, &path, cfg.cache.direct())?;
+        geometry.mem_alignment = geometry
+            .mem_alignment
+            .max(min_align.max(1).next_power_of_two());
+        let supports_discard =
+            !cfg.read_only && open::probe_punch_hole(&file, geometry.kind, geometry.capacity);
+        let eventfd =
+            EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(BlockError::Io)?;
+        let engine = engine::create(cfg.engine, file.as_raw_fd(), &eventfd, QUEUE_DEPTH)?;
+        Ok(Disk {
+            path,
+            cache: cfg.cache,
+            read_only: cfg.read_only,
+            geometry,
+            supports_discard,
+            wce,
+            fd_dsync,
+            sync_failed: false,
+            write_gen: 0,
+            synced_gen: 0,
+            stats: DiskStats::default(),
+            engine,
+            slots: (0..QUEUE_DEPTH).map(|_| None).collect(),
+            free: (0..QUEUE_DEPTH).rev().collect(),
+            active: 0,
+            ready: VecDeque::new(),
+            raw: Vec::with_capacity(QUEUE_DEPTH),
+            eventfd,
+            file,
+            _lock: lock,
+        })
+    }
+
+    /// The image path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Capacity in bytes, rounded down to 512.
+    pub fn capacity(&self) -> u64 {
+        self.geometry.capacity
+    }
+
+    /// Block size to tell the guest (BLK_SIZE); offsets and lengths must be
+    /// multiples of it.
+    pub fn logical_block_size(&self) -> u32 {
+        self.geometry.logical_block_size
+    }
+
+    /// Buffer alignment below which requests are bounced (1: none needed).
+    pub fn mem_alignment(&self) -> usize {
+        self.geometry.mem_alignment
+    }
+
+    /// True for a block device, false for a regular file.
+    pub fn is_block_device(&self) -> bool {
+        self.geometry.kind == FileKind::BlockDevice
+    }
+
+    /// Opened read-only.
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The cache mode.
+    pub fn cache_mode(&self) -> CacheMode {
+        self.cache
+    }
+
+    /// The engine running this disk's I/O.
+    pub fn engine_kind(&self) -> EngineKind {
+        self.engine.kind()
+    }
+
+    /// Discard can deallocate (the host punches holes).
+    pub fn supports_discard(&self) -> bool {
+        self.supports_discard
+    }
+
+    /// Write-zeroes works (falling back to writing zeros when needed).
+    pub fn supports_write_zeroes(&self) -> bool {
+        !self.read_only
+    }
+
+    /// Current guest-visible write cache (WCE).
+    pub fn write_cache(&self) -> bool {
+        self.wce
+    }
+
+    /// The open(2) flags the data descriptor has now (O_DIRECT, O_DSYNC...).
+    pub fn data_open_flags(&self) -> i32 {
+        open::data_flags(self.cache, self.read_only, self.fd_dsync)
+    }
+
+    /// The data descriptor (it changes when a write-cache switch reopens
+    /// the image). For diagnostics and tests only: do no I/O on it.
+    pub fn data_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
+    /// Eventfd that becomes readable when completions are ready (epoll it).
+    pub fn completion_fd(&self) -> RawFd {
+        self.eventfd.as_raw_fd()
+    }
+
+    /// Max operations in flight at once; submit beyond it returns QueueFull.
+    pub fn queue_depth(&self) -> usize {
+        QUEUE_DEPTH
+    }
+
+    /// Operations submitted whose completion has not been returned yet.
+    pub fn in_flight(&self) -> usize {
+        self.active + self.ready.len()
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> DiskStats {
+        self.stats
+    }
+
+    /// Switches the guest-visible write cache as DESIGN.md says. Drains
+    /// in-flight I/O first; completions produced while draining are kept for
+    /// `drain_completions` (and the eventfd is signalled).
+    ///
+    /// - writeback/none, 1→0: fdatasync once; later writes use RWF_DSYNC.
+    /// - writethrough/directsync: reopen the data descriptor without O_DSYNC
+    ///   (1) or with it (0, after an fdatasync of what the cache held).
+    /// - unsafe, read-only: only the flag changes (nothing is promised / written).
+    pub fn set_write_cache(&mut self, enabled: bool) -> Result<(), BlockError> {
+        if enabled == self.wce {
+            return Ok(());
+        }
+        if self.read_only || self.cache == CacheMode::Unsafe {
+            self.wce = enabled;
+            return Ok(());
+        }
+        self.quiesce();
+        let want_dsync = dsync_fd(self.cache, enabled);
+        if want_dsync != self.fd_dsync {
+            let flags = open::data_flags(self.cache, self.read_only, want_dsync);
+            let file = open::open_data(&self.path, flags)?;
+            self.engine
+                .set_fd(file.as_raw_fd())
+                .map_err(BlockError::Io)?;
+            self.file = file;
+            self.fd_dsync = want_dsync;
+        }
+        self.wce = enabled;
+        if !enabled {
+            // What the cache held must be durable before writes are promised to be.
+            self.sync_now()?;
+        }
+        Ok(())
+    }
+
+    /// Queues one operation. Errors of the operation itself come back as a
+    /// Completion; Err here means nothing was queued: QueueFull (retry after
+    /// a completion) or a request the disk refuses (ReadOnly, OutOfRange,
+    /// Misaligned, TooLarge; counted in stats.errors).
+    ///
+    /// # Safety
+    /// Every segment must point to memory valid for `len` bytes (writable for
+    /// Read) that stays valid and is not otherwise accessed until the
+    /// Completion with this `user_data` has been returned (by
+    /// `drain_completions` or `wait_idle`), or the Disk is dropped.
+    pub unsafe fn submit(&mut self, op: Op, user_data: u64) -> Result<(), BlockError> {
+        if self.in_flight() >= QUEUE_DEPTH {
+            return Err(BlockError::QueueFull { depth: QUEUE_DEPTH });
+        }
+        let req = self
+            .prepare(op, user_data)
+            .inspect_err(|_| self.stats.errors += 1)?;
+        match req {
+            Prepared::Done(kind, c) => self.finish_now(kind, c),
+            // SAFETY: the caller's contract covers the segments; the bounce
+            // buffer and iovecs are owned by the request kept in a slot
+            // until its completion is reaped.
+            Prepared::Queue(r) => unsafe { self.start(r) },
+        }
+        Ok(())
+    }
+
+    /// Submits queued operations to the kernel (io_uring batches until this;
+    /// the sync engine runs them now).
+    pub fn kick(&mut self) -> Result<(), BlockError> {
+        self.engine.kick().map_err(BlockError::Io)
+    }
+
+    /// Moves every finished operation into `out`, non-blocking; clears the eventfd.
+    pub fn drain_completions(&mut self, out: &mut Vec<Completion>) {
+        // Clear first: a completion landing after the reap signals again.
+        let _ = self.eventfd.read();
+        self.process();
+        out.extend(self.ready.drain(..));
+    }
+
+    /// Blocks until nothing is in flight, moving completions into `out`.
+    pub fn wait_idle(&mut self, out: &mut Vec<Completion>) {
+        self.quiesce();
+        self.drain_completions(out);
+    }
+
+    /// Validates `op` and turns it into an in-flight request.
+    fn prepare(&mut self, op: Op, user_data: u64) -> Result<Prepared, BlockError> {
+        let lbs = u64::from(self.geometry.logical_block_size);
+        let (kind, offset, len) = match &op {
+            Op::Read { offset, segments } => (Kind::Read, *offset, seg_total(segments)),
+            Op::Write { offset, segments } => (Kind::Write, *offset, seg_total(segments)),
+            Op::Flush => (Kind::Flush, 0, 0),
+            Op::Discard { offset, len } => (Kind::Discard, *offset, *len),
+            Op::WriteZeroes { offset, len, .. } => (Kind::WriteZeroes, *offset, *len),
+        };
+        if self.read_only && matches!(kind, Kind::Write | Kind::Discard | Kind::WriteZeroes) {
+            return Err(BlockError::ReadOnly);
+        }
+        if !offset.is_multiple_of(lbs) || !len.is_multiple_of(lbs) {
+            return Err(BlockError::Misaligned {
+                offset,
+                len,
+                align: lbs,
+            });
+        }
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > self.capacity())
+        {
+            return Err(BlockError::OutOfRange {
+                offset,
+                len,
+                capacity: self.capacity(),
+            });
+        }
+        if matches!(kind, Kind::Read | Kind::Write) && len > u64::from(u32::MAX) {
+            return Err(BlockError::TooLarge {
+                len,
+                max: u64::from(u32::MAX),
+            });
+        }
+        let done = |result| Ok(Prepared::Done(kind, Completion { user_data, result }));
+        match op {
+            Op::Read { segments, .. } | Op::Write { segments, .. } => {
+                if len == 0 {
+                    return done(Ok(0));
+                }
+                let mut r = InFlight::new(user_data, kind, Stage::Transfer, offset, len);
+                r.segments = segments;
+                if kind == Kind::Write {
+                    r.fd_dsync = self.fd_dsync;
+                    r.rwf_dsync = self.durable_writes() && !self.fd_dsync;
+                }
+                let len_align = if self.cache.direct() {
+                    self.geometry.mem_alignment.max(lbs as usize)
+                } else {
+                    self.geometry.mem_alignment
+                };
+                if bounce::needs_bounce(&r.segments, self.geometry.mem_alignment)
+                    || r.segments.iter().any(|s| !s.len.is_multiple_of(len_align))
+                {
+                    let buf =
+                        AlignedBuf::zeroed(len as usize, self.geometry.mem_alignment.max(512))
+                            .ok_or_else(|| {
+                                BlockError::Io(io::Error::from(io::ErrorKind::OutOfMemory))
+                            })?;
+                    r.bounce = Some(buf);
+                    r.bounce_iovec(len as usize);
+                    self.stats.bounced += 1;
+                } else {
+                    r.direct_iovecs();
+                }
+                Ok(Prepared::Queue(r))
+            }
+            Op::Flush => {
+                if self.cache == CacheMode::Unsafe || self.read_only {
+                    return done(Ok(0));
+                }
+                if self.sync_failed {
+                    return done(Err(BlockError::SyncFailedEarlier));
+                }
+                if !self.wce && self.write_gen == self.synced_gen {
+                    return done(Ok(0)); // writes are durable and nothing changed since
+                }
+                Ok(Prepared::Queue(InFlight::new(
+                    user_data,
+                    kind,
+                    Stage::Flush {
+                        gen: self.write_gen,
+                    },
+                    0,
+                    0,
+                )))
+            }
+            Op::Discard { .. } => {
+                if len == 0 || !self.supports_discard {
+                    return done(Ok(0)); // discard is a hint; nothing to deallocate
+                }
+                let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+                Ok(Prepared::Queue(InFlight::new(
+                    user_data,
+                    kind,
+                    Stage::Fallocate { mode },
+                    offset,
+                    len,
+                )))
+            }
+            Op::WriteZeroes { may_unmap, .. } => {
+                if len == 0 {
+                    return done(Ok(0));
+                }
+                let mode = if may_unmap && self.supports_discard {
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+                } else {
+                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
+                };
+                let mut r = InFlight::new(user_data, kind, Stage::Fallocate { mode }, offset, len);
+                r.fd_dsync = self.fd_dsync;
+                r.rwf_dsync = self.durable_writes() && !self.fd_dsync;
+                r.sync_after = self.durable_writes();
+                Ok(Prepared::Queue(r))
+            }
+        }
+    }
+
+    /// Guest writes must be durable at completion (write cache off), which
+    /// `unsafe` never promises.
+    fn durable_writes(&self) -> bool {
+        !self.wce && self.cache != CacheMode::Unsafe
+    }
+
+    /// Puts `r` in a slot and pushes its first host operation.
+    ///
+    /// # Safety
+    /// `r`'s caller segments are valid as `submit` requires.
+    unsafe fn start(&mut self, mut r: InFlight) {
+        if let Some(b) = r.bounce.as_mut() {
+            if r.kind == Kind::Write {
+                // SAFETY: submit's contract: the segments are readable.
+                unsafe { bounce::gather(&r.segments, b) };
+            }
+        }
+        let Some(slot) = self.free.pop() else {
+            // Unreachable: in_flight() < QUEUE_DEPTH was checked.
+            self.finish(r, Err(BlockError::QueueFull { depth: QUEUE_DEPTH }));
+            return;
+        };
+        self.active += 1;
+        let op = host_op(&r);
+        self.slots[slot] = Some(r);
+        self.push(slot, op);
+    }
+
+    /// Pushes the next host operation of the request in `slot`.
+    fn push(&mut self, slot: usize, op: HostOp) {
+        // SAFETY: every pointer in `op` names memory owned by the request in
+        // `slot` (iovecs, bounce buffer) or caller memory under submit's
+        // contract; the slot is only emptied when this tag's completion is
+        // reaped, or on drop after waiting for it.
+        let pushed = unsafe { self.engine.push(op, slot as u64) };
+        if let Err(e) = pushed {
+            if let Some(r) = self.take(slot) {
+                self.finish(r, Err(BlockError::Io(e)));
+            }
+        }
+    }
+
+    fn take(&mut self, slot: usize) -> Option<InFlight> {
+        let r = self.slots.get_mut(slot)?.take()?;
+        self.free.push(slot);
+        self.active -= 1;
+        Some(r)
+    }
+
+    /// Reaps raw completions and advances their requests until the engine
+    /// has nothing more ready. Does not signal the eventfd: its callers
+    /// either hand the completions out now or signal themselves.
+    fn process(&mut self) {
+        loop {
+            let mut raw = std::mem::take(&mut self.raw);
+            self.engine.reap(&mut raw);
+            if raw.is_empty() {
+                self.raw = raw;
+                break;
+            }
+            for c in raw.drain(..) {
+                self.advance(c);
+            }
+            self.raw = raw;
+            if let Err(e) = self.engine.kick() {
+                self.fail_all(e);
+            }
+        }
+    }
+
+    /// Runs every in-flight request to completion (into `ready`) and
+    /// signals the eventfd if that left completions to collect.
+    fn quiesce(&mut self) {
+        let _ = self.engine.kick();
+        while self.active > 0 {
+            if let Err(e) = self.engine.wait() {
+                self.fail_all(e);
+            }
+            self.process();
+        }
+        if !self.ready.is_empty() {
+            let _ = self.eventfd.write(1);
+        }
+    }
+
+    /// The engine itself failed: fail every request it holds. Only reached
+    /// when the ring can no longer be entered; the kernel might then still
+    /// hold the requests' iovecs and bounce buffers, so those are leaked
+    /// rather than freed.
+    fn fail_all(&mut self, e: io::Error) {
+        for slot in 0..self.slots.len() {
+            if let Some(mut r) = self.take(slot) {
+                std::mem::forget(std::mem::replace(
+                    &mut r.iov,
+                    crate::request::IoVecs(Box::new([])),
+                ));
+                std::mem::forget(r.bounce.take());
+                let err = io::Error::new(e.kind(), e.to_string());
+                self.finish(r, Err(BlockError::Io(err)));
+            }
+        }
+    }
+
+    /// Moves one request along after a host operation finished.
+    fn advance(&mut self, c: RawCompletion) {
+        let slot = c.tag as usize;
+        let Some(r) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
+            return;
+        };
+        let next = step(r, c.res);
+        let mut next_op = None;
+        match next {
+            Step::Again(op) => next_op = Some(op),
+            Step::Done(result) => {
+                if let Some(r) = self.take(slot) {
+                    self.finish(r, result);
+                }
+            }
+            Step::Synced(gen, result) => {
+                self.stats.count_fdatasync();
+                if result.is_ok() {
+                    self.synced_gen = self.synced_gen.max(gen);
+                } else if !self.cache.direct() {
+                    self.sync_failed = true;
+                }
+                if let Some(r) = self.take(slot) {
+                    self.finish(r, result);
+                }
+            }
+            Step::Modified(then) => {
+                self.write_gen += 1;
+                match then {
+                    Ok(Some(op)) => {
+                        if let Some(Some(r)) = self.slots.get_mut(slot) {
+                            if let Stage::SyncAfter { .. } = r.stage {
+                                // The sync about to start covers every
+                                // modification completed so far, this one too.
+                                r.stage = Stage::SyncAfter {
+                                    gen: self.write_gen,
+                                };
+                            }
+                        }
+                        next_op = Some(op);
+                    }
+                    Ok(None) => {
+                        if let Some(r) = self.take(slot) {
+                            let n = if r.kind == Kind::Write {
+                                r.len as u32
+                            } else {
+                                0
+                            };
+                            self.finish(r, Ok(n));
+                        }
+                    }
+                    Err(e) => {
+                        if let Some(r) = self.take(slot) {
+                            self.finish(r, Err(e));
+                        }
+                    }
+                }
+            }
+            Step::NoDiscard => {
+                self.supports_discard = false;
+                if let Some(r) = self.take(slot) {
+                    self.finish(r, Ok(0));
+                }
+            }
+        }
+        if let Some(op) = next_op {
+            self.push(slot, op);
+        }
+    }
+
+    /// Completes a request that needed no host operation.
+    fn finish_now(&mut self, kind: Kind, c: Completion) {
+        if c.result.is_err() {
+            self.stats.errors += 1;
+        }
+        count_kind(&mut self.stats, kind);
+        self.ready.push_back(c);
+        let _ = self.eventfd.write(1);
+    }
+
+    /// Counts and queues the completion of `r`.
+    fn finish(&mut self, r: InFlight, result: Result<u32, BlockError>) {
+        let s = &mut self.stats;
+        match (r.kind, &result) {
+            (_, Err(_)) => s.errors += 1,
+            (Kind::Read, Ok(n)) => s.bytes_read += u64::from(*n),
+            (Kind::Write, Ok(n)) => {
+                s.bytes_written += u64::from(*n);
+                if r.fd_dsync || r.rwf_dsync {
+                    s.count_dsync_write();
+                }
+            }
+            _ => {}
+        }
+        count_kind(s, r.kind);
+        self.ready.push_back(Completion {
+            user_data: r.user_data,
+            result,
+        });
+    }
+
+    /// fdatasync now, on this thread (nothing is in flight).
+    fn sync_now(&mut self) -> Result<(), BlockError> {
+        self.stats.count_fdatasync();
+        // SAFETY: fdatasync on the data descriptor we own.
+        let rc = unsafe { libc::fdatasync(self.file.as_raw_fd()) };
+        if rc != 0 {
+            if !self.cache.direct() {
+                self.sync_failed = true;
+            }
+            self.stats.errors += 1;
+            return Err(BlockError::Io(io::Error::last_os_error()));
+        }
+        self.synced_gen = self.write_gen;
+        Ok(())
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        // The kernel may still be using request buffers: wait for it.
+        self.quiesce();
+    }
+}
+
+/// What `submit` turns an op into.
+enum Prepared {
+    Done(Kind, Completion),
+    Queue(InFlight),
+}
+
+fn seg_total(segments: &[crate::Segment]) -> u64 {
+    segments.iter().map(|s| s.len as u64).sum()
+}
+
+/// Whether the data descriptor carries O_DSYNC for this mode and WCE.
+fn dsync_fd(cache: CacheMode, wce: bool) -> bool {
+    !wce && matches!(cache, CacheMode::Writethrough | CacheMode::DirectSync)
+}
+
+fn count_kind(s: &mut DiskStats, kind: Kind) {
+    match kind {
+        Kind::Read => s.reads += 1,
+        Kind::Write => s.writes += 1,
+        Kind::Flush => s.flushes += 1,
+        Kind::Discard => s.discards += 1,
+        Kind::WriteZeroes => s.write_zeroes += 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_moves_to_an_io_thread() {
+        fn send<T: Send>() {}
+        send::<Disk>();
+        send::<Op>();
+        send::<Completion>();
+    }
+
+    #[test]
+    fn o_dsync_only_where_the_mode_and_wce_ask() {
+        for mode in CacheMode::ALL {
+            let default = dsync_fd(mode, mode.default_write_cache());
+            assert_eq!(default, !mode.switches().writeback, "{mode} at reset");
+            assert!(
+                !dsync_fd(mode, true),
+                "{mode} with a write cache never needs O_DSYNC"
+            );
+        }
+        // WCE=0 in writeback/none is served by RWF_DSYNC, not a reopen.
+        assert!(!dsync_fd(CacheMode::None, false));
+        assert!(!dsync_fd(CacheMode::Unsafe, false));
+    }
+
+    #[test]
+    fn config_defaults() {
+        let c = DiskConfig::new("/x.img");
+        assert_eq!(
+            (c.cache, c.read_only, c.engine),
+            (CacheMode::Writeback, false, None)
+        );
+    }
+
+    #[test]
+    fn default_engine_is_io_uring_where_supported() {
+        let f = tempfile::NamedTempFile::new_in(env!("CARGO_MANIFEST_DIR")).expect("temp");
+        f.as_file().set_len(4096).expect("size");
+        let d = Disk::open(&DiskConfig::new(f.path())).expect("open");
+        let want = if crate::io_uring_supported() {
+            EngineKind::IoUring
+        } else {
+            EngineKind::Sync
+        };
+        assert_eq!(d.engine_kind(), want);
+        assert_eq!(d.path(), f.path());
+    }
+}

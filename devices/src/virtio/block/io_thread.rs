@@ -1,0 +1,637 @@
+//! The disk's own I/O thread: an epoll loop over the queue-notify eventfd,
+//! the disk's completion eventfd and a wake eventfd for control messages.
+//!
+//! Each wake-up handles control messages first (so a reset or write-cache
+//! change is ordered before later requests), then alternates reaping
+//! completions and popping new chains until neither makes progress, and
+//! raises at most one interrupt for the whole batch (fewer with EVENT_IDX).
+//! Up to `disk.queue_depth()` requests are in flight; beyond that the queue
+//! is left alone until a completion frees a slot.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use block::{CacheMode, Completion, Disk, Op, Segment};
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_S_UNSUPP,
+};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::device::BlockDeviceError;
+use super::metrics::{BlockReport, DeviceCounters, Identity, Live};
+use super::request::{
+    write_id, DiskLimits, Finished, GuestRange, InFlight, ParseError, Request, RequestError,
+    RequestKind, ID_BYTES, SECTOR_SIZE,
+};
+use crate::virtio::VirtioInterrupt;
+
+const NOTIFY: u64 = 0;
+const COMPLETION: u64 = 1;
+const WAKE: u64 = 2;
+/// `user_data` of the flush at shutdown (never a slot index).
+const FINAL_FLUSH: u64 = u64::MAX;
+
+/// What the vCPU side asks of the I/O thread. Each `reply` gets the
+/// guest-visible write cache afterwards.
+pub(crate) enum Control {
+    /// DRIVER_OK: start serving `queue`.
+    Activate {
+        mem: GuestMemoryMmap,
+        queue: Queue,
+        features: u64,
+        interrupt: Arc<VirtioInterrupt>,
+        reply: Sender<Result<bool, String>>,
+    },
+    /// Device reset: drain, forget the queue, restore the mode's WCE.
+    Reset { reply: Sender<bool> },
+    /// The driver wrote the `writeback` byte.
+    SetWriteCache { enabled: bool, reply: Sender<bool> },
+    /// Finish in-flight work, flush, and exit.
+    Stop,
+}
+
+fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The shared end of the I/O thread: its mailbox, its published counters,
+/// and its join handle.
+pub(crate) struct Worker {
+    tx: Sender<Control>,
+    wake: EventFd,
+    identity: Identity,
+    live: Arc<Mutex<Live>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Worker {
+    /// Starts the I/O thread for `disk`.
+    pub(crate) fn spawn(
+        disk: Disk,
+        notify: &EventFd,
+        limits: DiskLimits,
+        id: [u8; ID_BYTES],
+        identity: Identity,
+    ) -> Result<Arc<Worker>, BlockDeviceError> {
+        let ev = BlockDeviceError::Events;
+        let wake = EventFd::new(libc::EFD_NONBLOCK).map_err(ev)?;
+        let epoll = Epoll::new().map_err(ev)?;
+        let notify = notify.try_clone().map_err(ev)?;
+        let thread_wake = wake.try_clone().map_err(ev)?;
+        for (fd, token) in [
+            (notify.as_raw_fd(), NOTIFY),
+            (disk.completion_fd(), COMPLETION),
+            (thread_wake.as_raw_fd(), WAKE),
+        ] {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, token),
+                )
+                .map_err(ev)?;
+        }
+        let live = Arc::new(Mutex::new(Live {
+            write_cache: disk.write_cache(),
+            disk: disk.stats(),
+            ..Live::default()
+        }));
+        let (tx, rx) = mpsc::channel();
+        let io = IoThread {
+            slots: Vec::new(),
+            free: Vec::new(),
+            disk,
+            epoll,
+            notify,
+            wake: thread_wake,
+            rx,
+            limits,
+            id,
+            live: live.clone(),
+            counters: DeviceCounters::default(),
+            features: 0,
+            active: None,
+            completions: Vec::new(),
+            finished: Vec::new(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("ferrite-blk".into())
+            .spawn(move || io.run())
+            .map_err(BlockDeviceError::Spawn)?;
+        Ok(Arc::new(Worker {
+            tx,
+            wake,
+            identity,
+            live,
+            thread: Mutex::new(Some(thread)),
+        }))
+    }
+
+    /// Sends a message and waits for its answer; None once the thread is gone.
+    pub(crate) fn request<R>(&self, make: impl FnOnce(Sender<R>) -> Control) -> Option<R> {
+        let (reply, answer) = mpsc::channel();
+        self.tx.send(make(reply)).ok()?;
+        // A full counter means a wake-up is pending anyway.
+        let _ = self.wake.write(1);
+        // If the thread exits first, the message (and `reply`) is dropped
+        // and this returns None instead of waiting forever.
+        answer.recv().ok()
+    }
+
+    /// The report as of the thread's last batch (the final one once stopped).
+    pub(crate) fn report(&self) -> BlockReport {
+        self.identity.report(&locked(&self.live))
+    }
+
+    pub(crate) fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Stops the thread and waits for it (idempotent; concurrent callers
+    /// wait for the same stop), then gives the final report.
+    pub(crate) fn stop(&self) -> BlockReport {
+        let mut thread = locked(&self.thread);
+        if let Some(handle) = thread.take() {
+            if self.tx.send(Control::Stop).is_ok() {
+                let _ = self.wake.write(1);
+            }
+            // A panicked thread has nothing more to report; its last
+            // published counters stand.
+            let _ = handle.join();
+        }
+        drop(thread);
+        self.report()
+    }
+}
+
+/// The device's state while a driver has it activated.
+struct Active {
+    mem: GuestMemoryMmap,
+    queue: Queue,
+    interrupt: Arc<VirtioInterrupt>,
+    /// DEVICE_NEEDS_RESET was raised: the queue is not touched until reset.
+    broken: bool,
+    /// Used entries were added since the last interrupt decision.
+    added: bool,
+}
+
+struct IoThread {
+    /// Declared before `active`: if the thread unwinds, the disk (and any
+    /// operation still in it) goes before the guest memory it points into.
+    disk: Disk,
+    epoll: Epoll,
+    notify: EventFd,
+    wake: EventFd,
+    rx: Receiver<Control>,
+    limits: DiskLimits,
+    id: [u8; ID_BYTES],
+    live: Arc<Mutex<Live>>,
+    counters: DeviceCounters,
+    features: u64,
+    active: Option<Active>,
+    /// In-flight requests by `user_data`; as many as the disk's depth.
+    slots: Vec<Option<InFlight>>,
+    free: Vec<usize>,
+    completions: Vec<Completion>,
+    /// Answered requests whose used entries are not published yet.
+    finished: Vec<Finished>,
+}
+
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl IoThread {
+    fn run(mut self) {
+        let depth = self.disk.queue_depth().max(1);
+        self.slots = (0..depth).map(|_| None).collect();
+        self.free = (0..depth).rev().collect();
+        let mut events = [EpollEvent::default(); 3];
+        loop {
+            let n = match self.epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // The epoll fd itself broke: nothing can be served any more.
+                Err(_) => break,
+            };
+            for ev in &events[..n] {
+                // Reading resets the counters; completions are cleared by
+                // drain_completions.
+                match ev.data() {
+                    NOTIFY => drop(self.notify.read()),
+                    WAKE => drop(self.wake.read()),
+                    // Nothing should complete with no driver attached; if
+                    // something does, clear it rather than spin on it.
+                    COMPLETION if self.active.is_none() => {
+                        self.disk.drain_completions(&mut self.completions);
+                        self.completions.clear();
+                    }
+                    _ => {}
+                }
+            }
+            if let Flow::Stop = self.handle_control() {
+                break;
+            }
+            self.process();
+            self.publish();
+        }
+        self.shutdown();
+        self.publish();
+    }
+
+    fn publish(&self) {
+        *locked(&self.live) = Live {
+            features: self.features,
+            write_cache: self.disk.write_cache(),
+            disk: self.disk.stats(),
+            device: self.counters,
+        };
+    }
+
+    fn handle_control(&mut self) -> Flow {
+        loop {
+            let msg = match self.rx.try_recv() {
+                Ok(msg) => msg,
+                Err(TryRecvError::Empty) => return Flow::Continue,
+                Err(TryRecvError::Disconnected) => return Flow::Stop,
+            };
+            // A dropped reply channel only means the asker gave up.
+            match msg {
+                Control::Activate {
+                    mem,
+                    queue,
+                    features,
+                    interrupt,
+                    reply,
+                } => {
+                    let result = self.activate(mem, queue, features, interrupt);
+                    self.publish();
+                    let _ = reply.send(result);
+                }
+                Control::Reset { reply } => {
+                    self.reset();
+                    self.publish();
+                    let _ = reply.send(self.disk.write_cache());
+                }
+                Control::SetWriteCache { enabled, reply } => {
+                    // Drains in-flight I/O itself; their completions stay
+                    // queued in the disk and are reaped below.
+                    if self.disk.set_write_cache(enabled).is_ok() {
+                        self.counters.write_cache_changes += 1;
+                    }
+                    self.publish();
+                    let _ = reply.send(self.disk.write_cache());
+                }
+                Control::Stop => return Flow::Stop,
+            }
+        }
+    }
+
+    fn activate(
+        &mut self,
+        mem: GuestMemoryMmap,
+        queue: Queue,
+        features: u64,
+        interrupt: Arc<VirtioInterrupt>,
+    ) -> Result<bool, String> {
+        self.drop_queue();
+        // DESIGN.md: a driver that negotiates neither FLUSH nor CONFIG_WCE
+        // cannot flush, so its writes must be durable when they complete.
+        let flush_bits = (1 << VIRTIO_BLK_F_FLUSH) | (1 << VIRTIO_BLK_F_CONFIG_WCE);
+        if features & flush_bits == 0 {
+            self.disk
+                .set_write_cache(false)
+                .map_err(|e| e.to_string())?;
+        }
+        self.features = features;
+        self.active = Some(Active {
+            mem,
+            queue,
+            interrupt,
+            broken: false,
+            added: false,
+        });
+        Ok(self.disk.write_cache())
+    }
+
+    /// Waits for the disk to finish with guest memory, then forgets the
+    /// queue. Completions are dropped unanswered: the driver is resetting.
+    fn drop_queue(&mut self) {
+        // Idle first, then let go of guest memory (the SAFETY of `submit`).
+        self.disk.wait_idle(&mut self.completions);
+        self.active = None;
+        self.completions.clear();
+        self.finished.clear();
+        self.free = (0..self.slots.len()).rev().collect();
+        self.slots.iter_mut().for_each(|s| *s = None);
+    }
+
+    fn reset(&mut self) {
+        self.drop_queue();
+        self.counters.resets += 1;
+        // DESIGN.md: device reset restores the mode's default WCE.
+        let _ = self
+            .disk
+            .set_write_cache(self.disk.cache_mode().default_write_cache());
+    }
+
+    /// One batch: reap and refill until nothing moves, then interrupt once.
+    fn process(&mut self) {
+        if self.active.is_none() {
+            return;
+        }
+        loop {
+            self.disk.drain_completions(&mut self.completions);
+            self.complete();
+            let submitted = self.fill();
+            // Counters first, so whoever sees a used entry sees it counted.
+            self.publish();
+            self.publish_used();
+            if submitted == 0 {
+                break;
+            }
+            // The engine reports a failed operation through its completion;
+            // a failed kick leaves them queued for the next one.
+            let _ = self.disk.kick();
+        }
+        self.notify_guest();
+    }
+
+    /// Answers every completion in `self.completions`.
+    fn complete(&mut self) {
+        let Some(act) = self.active.as_mut() else {
+            self.completions.clear();
+            return;
+        };
+        for c in self.completions.drain(..) {
+            let Some(in_flight) = usize::try_from(c.user_data)
+                .ok()
+                .and_then(|i| self.slots.get_mut(i))
+                .and_then(Option::take)
+            else {
+                continue;
+            };
+            self.free.push(c.user_data as usize);
+            let result = c.result.map(|_| ()).map_err(RequestError::Io);
+            if result.is_err() {
+                self.counters.io_errors += 1;
+            }
+            self.finished
+                .push(in_flight.finish(&act.mem, result.as_ref().map(|_| ())));
+        }
+    }
+
+    /// Puts every answered request in the used ring.
+    fn publish_used(&mut self) {
+        let Some(act) = self.active.as_mut() else {
+            self.finished.clear();
+            return;
+        };
+        for done in self.finished.drain(..) {
+            if act
+                .queue
+                .add_used(&act.mem, done.head, done.used_len)
+                .is_err()
+            {
+                needs_reset(act, &mut self.counters);
+            } else {
+                act.added = true;
+            }
+        }
+    }
+
+    /// Pops, parses and starts requests while there is room. Returns how
+    /// many went to the disk.
+    fn fill(&mut self) -> usize {
+        let mut submitted = 0;
+        loop {
+            let Some(act) = self.active.as_mut().filter(|a| !a.broken) else {
+                return submitted;
+            };
+            if act.queue.disable_notification(&act.mem).is_err() {
+                needs_reset(act, &mut self.counters);
+                return submitted;
+            }
+            while !self.free.is_empty() {
+                let Some(act) = self.active.as_mut().filter(|a| !a.broken) else {
+                    return submitted;
+                };
+                let chain = match act.queue.iter(&act.mem) {
+                    Ok(mut iter) => iter.next(),
+                    // The available index ran more than a queue ahead: the
+                    // driver broke the ring (§2.7.6).
+                    Err(_) => {
+                        needs_reset(act, &mut self.counters);
+                        return submitted;
+                    }
+                };
+                let Some(chain) = chain else { break };
+                self.counters.requests += 1;
+                match Request::parse(chain, &act.mem, &self.limits) {
+                    Ok(request) => submitted += self.start(request),
+                    Err(ParseError::Refused { slot, reason }) => {
+                        if u32::from(reason.status()) == VIRTIO_BLK_S_UNSUPP {
+                            self.counters.unsupported += 1;
+                        } else {
+                            self.counters.bad_requests += 1;
+                        }
+                        self.finished.push(slot.finish(&act.mem, Err(&reason)));
+                    }
+                    Err(ParseError::Malformed { .. }) => {
+                        needs_reset(act, &mut self.counters);
+                        return submitted;
+                    }
+                }
+            }
+            let Some(act) = self.active.as_mut() else {
+                return submitted;
+            };
+            if self.free.is_empty() {
+                // Back-pressure: a completion will bring us back here.
+                self.counters.throttled += 1;
+                return submitted;
+            }
+            // Re-arm notifications; if chains slipped in meanwhile, go again.
+            match act.queue.enable_notification(&act.mem) {
+                Ok(true) => continue,
+                Ok(false) => return submitted,
+                Err(_) => {
+                    needs_reset(act, &mut self.counters);
+                    return submitted;
+                }
+            }
+        }
+    }
+
+    /// Starts one parsed request; returns 1 if it went to the disk.
+    fn start(&mut self, request: Request) -> usize {
+        let Some(act) = self.active.as_mut() else {
+            return 0;
+        };
+        let (kind, in_flight) = request.begin();
+        let op = match to_op(kind, &act.mem, &self.id) {
+            Ok(Some(op)) => op,
+            // Answered without the disk (GET_ID, empty transfers).
+            Ok(None) => return self.finish_now(in_flight, Ok(())),
+            Err(e) => return self.finish_now(in_flight, Err(e)),
+        };
+        let Some(slot) = self.free.pop() else {
+            return self.finish_now(
+                in_flight,
+                Err(RequestError::Io(block::BlockError::QueueFull {
+                    depth: self.slots.len(),
+                })),
+            );
+        };
+        // SAFETY: every segment of `op` was made by `to_op` from guest
+        // ranges that `Request::parse` checked to lie inside `act.mem`, so
+        // each points into a mapped guest RAM region (readable and
+        // writable), valid for its length. `act.mem` holds the regions'
+        // mappings and is dropped only after `disk.wait_idle` (reset,
+        // shutdown), i.e. after this operation's completion. The device does
+        // not touch these buffers until then; the guest may, as with DMA on
+        // real hardware, but guest memory is only ever accessed through raw
+        // pointers and volatile copies, never Rust references.
+        match unsafe { self.disk.submit(op, slot as u64) } {
+            Ok(()) => {
+                self.slots[slot] = Some(in_flight);
+                1
+            }
+            // The disk refused it (e.g. misaligned for its block size):
+            // the request comes back with the error and is answered once.
+            Err(e) => {
+                self.free.push(slot);
+                self.finish_now(in_flight, Err(RequestError::Io(e)))
+            }
+        }
+    }
+
+    fn finish_now(&mut self, in_flight: InFlight, result: Result<(), RequestError>) -> usize {
+        if let Some(act) = self.active.as_mut() {
+            if result.is_err() {
+                self.counters.io_errors += 1;
+            }
+            self.finished
+                .push(in_flight.finish(&act.mem, result.as_ref().map(|_| ())));
+        }
+        0
+    }
+
+    /// One interrupt for the batch, unless EVENT_IDX says the driver does
+    /// not want one yet.
+    fn notify_guest(&mut self) {
+        let Some(act) = self.active.as_mut().filter(|a| a.added) else {
+            return;
+        };
+        act.added = false;
+        // On a ring read error, interrupt anyway: a spurious interrupt is
+        // harmless, a missing one hangs the driver.
+        if act.queue.needs_notification(&act.mem).unwrap_or(true) {
+            self.counters.interrupts += 1;
+            let _ = act.interrupt.signal_used_buffer();
+        } else {
+            self.counters.interrupts_suppressed += 1;
+        }
+    }
+
+    /// Stop: answer what is in flight, flush unless `unsafe`, exit.
+    fn shutdown(&mut self) {
+        self.disk.wait_idle(&mut self.completions);
+        self.complete();
+        self.publish_used();
+        self.notify_guest();
+        if self.disk.cache_mode() != CacheMode::Unsafe && !self.disk.read_only() {
+            // SAFETY: a flush carries no memory.
+            if unsafe { self.disk.submit(Op::Flush, FINAL_FLUSH) }.is_ok() {
+                let _ = self.disk.kick();
+                self.disk.wait_idle(&mut self.completions);
+            }
+            // Its outcome is in the disk's counters (errors, fdatasyncs).
+            self.completions.clear();
+        }
+    }
+}
+
+/// §2.1.2: an error the device cannot recover from on its own.
+fn needs_reset(act: &mut Active, counters: &mut DeviceCounters) {
+    if !act.broken {
+        act.broken = true;
+        counters.needs_reset += 1;
+        let _ = act.interrupt.set_needs_reset();
+    }
+}
+
+/// Turns a parsed request into a disk operation, or answers it in guest
+/// memory (Ok(None)) when the disk is not needed.
+fn to_op(
+    kind: RequestKind,
+    mem: &GuestMemoryMmap,
+    id: &[u8; ID_BYTES],
+) -> Result<Option<Op>, RequestError> {
+    Ok(Some(match kind {
+        RequestKind::Read { sector, data } => {
+            let segments = segments(mem, &data)?;
+            if segments.is_empty() {
+                return Ok(None);
+            }
+            Op::Read {
+                offset: sector * SECTOR_SIZE,
+                segments,
+            }
+        }
+        RequestKind::Write { sector, data } => {
+            let segments = segments(mem, &data)?;
+            if segments.is_empty() {
+                return Ok(None);
+            }
+            Op::Write {
+                offset: sector * SECTOR_SIZE,
+                segments,
+            }
+        }
+        RequestKind::Flush => Op::Flush,
+        RequestKind::GetId { data } => {
+            write_id(mem, &data, id)?;
+            return Ok(None);
+        }
+        RequestKind::Discard { sector, sectors } => Op::Discard {
+            offset: sector * SECTOR_SIZE,
+            len: u64::from(sectors) * SECTOR_SIZE,
+        },
+        RequestKind::WriteZeroes {
+            sector,
+            sectors,
+            may_unmap,
+        } => Op::WriteZeroes {
+            offset: sector * SECTOR_SIZE,
+            len: u64::from(sectors) * SECTOR_SIZE,
+            may_unmap,
+        },
+    }))
+}
+
+/// Host segments for guest ranges (a range crossing a region boundary
+/// becomes several segments).
+fn segments(mem: &GuestMemoryMmap, data: &[GuestRange]) -> Result<Vec<Segment>, RequestError> {
+    let mut out = Vec::with_capacity(data.len());
+    for r in data.iter().filter(|r| r.len > 0) {
+        for slice in GuestMemoryBackend::get_slices(mem, r.addr, r.len as usize) {
+            let slice = slice.map_err(|_| RequestError::GuestMemory(r.addr.0))?;
+            // For the plain mmap backend the guard is just the pointer; the
+            // mapping is kept alive by `mem` (see the SAFETY of `submit`).
+            let guard = slice.ptr_guard_mut();
+            out.push(Segment {
+                addr: guard.as_ptr(),
+                len: guard.len(),
+            });
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,635 @@
+//! virtio-blk requests: parse a descriptor chain, then finish it.
+//!
+//! [`Request::parse`] is a pure function of the chain, guest memory and the
+//! disk's limits: it reads the header (and discard segments) and checks
+//! everything before any byte of the image is touched. The checks are the
+//! MUSTs of the virtio 1.2 spec, cited beside each one.
+//!
+//! A request then moves through a typed lifecycle: [`Request`] (parsed) →
+//! [`InFlight`] (holding the descriptor head and the status byte's address)
+//! → [`Finished`] (status written, ready for the used ring). `finish`
+//! consumes the in-flight value, so the status byte is written exactly once
+//! whether the engine succeeded, failed, or the request was refused.
+//!
+//! Framing: like Linux, Firecracker and Cloud Hypervisor's drivers expect,
+//! the header is the first descriptor (16 bytes, device-readable) and the
+//! status byte the last (1 byte, device-writable), with the data in between.
+
+use std::ops::Deref;
+
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+};
+use virtio_queue::desc::split::Descriptor;
+use virtio_queue::DescriptorChain;
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap};
+
+/// Bytes per virtio-blk sector, whatever the disk's logical block size.
+pub const SECTOR_SIZE: u64 = 512;
+/// Bytes of a GET_ID answer (`VIRTIO_BLK_ID_BYTES`).
+pub const ID_BYTES: usize = 20;
+/// Size of the request header (`struct virtio_blk_outhdr`).
+const HEADER_LEN: u32 = 16;
+/// Size of one discard / write-zeroes segment.
+const SEGMENT_LEN: u32 = 16;
+
+/// What [`Request::parse`] needs to know about the disk and the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskLimits {
+    /// Capacity in 512-byte sectors.
+    pub capacity_sectors: u64,
+    /// The device offers VIRTIO_BLK_F_RO.
+    pub read_only: bool,
+    /// The device offers VIRTIO_BLK_F_DISCARD.
+    pub discard: bool,
+    /// The device offers VIRTIO_BLK_F_WRITE_ZEROES.
+    pub write_zeroes: bool,
+    /// `max_discard_sectors` / `max_write_zeroes_sectors` of the config space.
+    pub max_zeroing_sectors: u32,
+    /// `max_discard_seg` / `max_write_zeroes_seg` of the config space.
+    pub max_zeroing_segments: u32,
+}
+
+/// A guest-physical buffer of a request (one data descriptor).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestRange {
+    /// Start in guest memory.
+    pub addr: GuestAddress,
+    /// Length in bytes.
+    pub len: u32,
+}
+
+/// What a request asks for, with everything already checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RequestKind {
+    /// VIRTIO_BLK_T_IN: read into `data` from `sector`.
+    Read {
+        /// First sector.
+        sector: u64,
+        /// Device-writable buffers, in order.
+        data: Vec<GuestRange>,
+    },
+    /// VIRTIO_BLK_T_OUT: write `data` at `sector`.
+    Write {
+        /// First sector.
+        sector: u64,
+        /// Device-readable buffers, in order.
+        data: Vec<GuestRange>,
+    },
+    /// VIRTIO_BLK_T_FLUSH.
+    Flush,
+    /// VIRTIO_BLK_T_GET_ID: the serial into `data`.
+    GetId {
+        /// Device-writable buffers, in order.
+        data: Vec<GuestRange>,
+    },
+    /// VIRTIO_BLK_T_DISCARD of one segment.
+    Discard {
+        /// First sector.
+        sector: u64,
+        /// Number of sectors.
+        sectors: u32,
+    },
+    /// VIRTIO_BLK_T_WRITE_ZEROES of one segment.
+    WriteZeroes {
+        /// First sector.
+        sector: u64,
+        /// Number of sectors.
+        sectors: u32,
+        /// The driver allows deallocating the range.
+        may_unmap: bool,
+    },
+}
+
+/// Total length of `ranges`.
+pub fn total_len(ranges: &[GuestRange]) -> u64 {
+    ranges.iter().map(|r| u64::from(r.len)).sum()
+}
+
+/// A chain the device cannot even answer: no status byte to write, or a
+/// descriptor it must not touch. The device then needs a reset.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChainError {
+    /// The head index yields no descriptor (out of the table, or the table
+    /// is unreadable).
+    #[error("the chain has no descriptor")]
+    Empty,
+    /// The chain loops, is longer than the queue, leaves the table, or has a
+    /// bad indirect table: the last descriptor read still says NEXT.
+    #[error(
+        "the chain is cut off after {descriptors} descriptors (loop, too long, or bad next index)"
+    )]
+    Truncated {
+        /// Descriptors read before the chain broke.
+        descriptors: usize,
+    },
+    /// A descriptor points outside guest memory.
+    #[error("descriptor {addr:#x}+{len:#x} lies outside guest memory")]
+    OutsideMemory {
+        /// Guest address of the buffer.
+        addr: u64,
+        /// Its length.
+        len: u32,
+    },
+    /// The last descriptor is device-readable, so there is no status byte.
+    #[error("the last descriptor is not device-writable, so there is no status byte")]
+    StatusNotWritable,
+    /// The last descriptor has no bytes.
+    #[error("the status descriptor is empty")]
+    StatusEmpty,
+}
+
+/// Why a well-framed request is refused or failed; [`RequestError::status`]
+/// is what the guest reads in the status byte.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The chain has no descriptor before the status byte.
+    #[error("the request has no header")]
+    MissingHeader,
+    /// The first descriptor is device-writable.
+    #[error("the header descriptor is device-writable")]
+    HeaderNotReadable,
+    /// The first descriptor is not exactly 16 bytes.
+    #[error("the header descriptor is {len} bytes, not 16")]
+    HeaderLength {
+        /// Its length.
+        len: u32,
+    },
+    /// The status descriptor is longer than one byte.
+    #[error("the status descriptor is {len} bytes, not 1")]
+    StatusLength {
+        /// Its length.
+        len: u32,
+    },
+    /// A data descriptor points the wrong way for the request type.
+    #[error("data descriptor at {addr:#x} is {found}, the request needs {wanted}")]
+    DataDirection {
+        /// Guest address of the buffer.
+        addr: u64,
+        /// "device-readable" or "device-writable".
+        found: &'static str,
+        /// The direction the request type needs.
+        wanted: &'static str,
+    },
+    /// IN/OUT data not a whole number of sectors.
+    #[error("data length {len} is not a multiple of 512")]
+    DataNotSectorMultiple {
+        /// Total data length.
+        len: u64,
+    },
+    /// The sector range runs past the end of the disk.
+    #[error("sectors {sector}+{sectors} run past the capacity of {capacity} sectors")]
+    OutOfRange {
+        /// First sector.
+        sector: u64,
+        /// Number of sectors.
+        sectors: u64,
+        /// Capacity in sectors.
+        capacity: u64,
+    },
+    /// A write, discard or write-zeroes to a read-only disk.
+    #[error("the disk is read-only")]
+    ReadOnly,
+    /// A request type the device does not implement or offer.
+    #[error("request type {0} is not supported")]
+    Unsupported(u32),
+    /// A discard/write-zeroes segment with a flag the device must refuse.
+    #[error("segment flags {0:#x} are not supported")]
+    UnsupportedFlags(u32),
+    /// Segment data not a whole number of 16-byte segments, or more segments
+    /// than `max_*_seg`.
+    #[error("{len} bytes of segments (at most {max} segments of 16 bytes)")]
+    SegmentCount {
+        /// Total segment data length.
+        len: u64,
+        /// Segments allowed.
+        max: u32,
+    },
+    /// A segment larger than `max_*_sectors`.
+    #[error("segment of {sectors} sectors exceeds the limit of {max}")]
+    SegmentTooLarge {
+        /// Sectors asked for.
+        sectors: u32,
+        /// The limit.
+        max: u32,
+    },
+    /// Guest memory could not be read or written (it was checked, so this
+    /// means the guest changed a buffer under the device's feet).
+    #[error("guest memory access at {0:#x} failed")]
+    GuestMemory(u64),
+    /// The disk refused the operation or the host I/O failed.
+    #[error("{0}")]
+    Io(block::BlockError),
+}
+
+impl RequestError {
+    /// The virtio status byte for this error (§5.2.6: UNSUPP for what the
+    /// device does not support, IOERR for everything else).
+    pub fn status(&self) -> u8 {
+        match self {
+            RequestError::Unsupported(_) | RequestError::UnsupportedFlags(_) => {
+                VIRTIO_BLK_S_UNSUPP as u8
+            }
+            _ => VIRTIO_BLK_S_IOERR as u8,
+        }
+    }
+}
+
+/// Why [`Request::parse`] gave no request.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// Nothing can be answered: the device must enter DEVICE_NEEDS_RESET.
+    #[error("malformed chain at head {head}: {reason}")]
+    Malformed {
+        /// Descriptor head index.
+        head: u16,
+        /// What is wrong.
+        reason: ChainError,
+    },
+    /// The request is refused; `slot` is where to say so.
+    #[error("request at head {} refused: {reason}", slot.head)]
+    Refused {
+        /// Where the status byte goes.
+        slot: StatusSlot,
+        /// Why.
+        reason: RequestError,
+    },
+}
+
+/// Where a request's status byte goes, and which head to return. Not
+/// `Clone`: finishing consumes it, so the status is written once.
+#[derive(Debug, PartialEq, Eq)]
+pub struct StatusSlot {
+    head: u16,
+    addr: GuestAddress,
+}
+
+/// A request ready for the used ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Finished {
+    /// Descriptor head index.
+    pub head: u16,
+    /// Bytes the device wrote into the chain (data plus the status byte).
+    pub used_len: u32,
+    /// The status byte written.
+    pub status: u8,
+}
+
+impl StatusSlot {
+    /// The descriptor head this answers.
+    pub fn head(&self) -> u16 {
+        self.head
+    }
+
+    /// Writes the status byte. `written` is how many data bytes the device
+    /// wrote on success (reads, GET_ID); nothing counts on failure.
+    pub fn finish(self, mem: &GuestMemoryMmap, result: Result<u32, &RequestError>) -> Finished {
+        let (status, written) = match result {
+            Ok(written) => (VIRTIO_BLK_S_OK as u8, written),
+            Err(e) => (e.status(), 0),
+        };
+        // The address was checked at parse time; if the write still fails
+        // there is nobody to tell, and the used entry must go out anyway.
+        let _ = mem.write_obj(status, self.addr);
+        Finished {
+            head: self.head,
+            used_len: written.saturating_add(1),
+            status,
+        }
+    }
+}
+
+/// A request handed to the engine: what is needed to answer it later.
+#[derive(Debug, PartialEq, Eq)]
+pub struct InFlight {
+    slot: StatusSlot,
+    written_on_success: u32,
+}
+
+impl InFlight {
+    /// The descriptor head this answers.
+    pub fn head(&self) -> u16 {
+        self.slot.head
+    }
+
+    /// Writes the status for `result` and gives the used-ring entry.
+    pub fn finish(self, mem: &GuestMemoryMmap, result: Result<(), &RequestError>) -> Finished {
+        let written = self.written_on_success;
+        self.slot.finish(mem, result.map(|()| written))
+    }
+}
+
+/// A parsed, fully checked request.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Request {
+    /// What to do.
+    pub kind: RequestKind,
+    slot: StatusSlot,
+}
+
+impl Request {
+    /// The descriptor head this request came from.
+    pub fn head(&self) -> u16 {
+        self.slot.head
+    }
+
+    /// Moves the request in flight: the caller executes `kind` and later
+    /// finishes the [`InFlight`].
+    pub fn begin(self) -> (RequestKind, InFlight) {
+        let written_on_success = match &self.kind {
+            // Bounded by the chain's total, which virtio-queue keeps < 2^32.
+            RequestKind::Read { data, .. } => u32::try_from(total_len(data)).unwrap_or(u32::MAX),
+            RequestKind::GetId { data } => total_len(data).min(ID_BYTES as u64) as u32,
+            _ => 0,
+        };
+        (
+            self.kind,
+            InFlight {
+                slot: self.slot,
+                written_on_success,
+            },
+        )
+    }
+
+    /// Parses and checks one descriptor chain.
+    pub fn parse<M>(
+        chain: DescriptorChain<M>,
+        mem: &GuestMemoryMmap,
+        limits: &DiskLimits,
+    ) -> Result<Request, ParseError>
+    where
+        M: Deref,
+        M::Target: GuestMemory,
+    {
+        let head = chain.head_index();
+        let malformed = |reason| ParseError::Malformed { head, reason };
+        let descs: Vec<Descriptor> = chain.collect();
+
+        // virtio-queue ends the iteration silently on a loop, a chain longer
+        // than the queue (§2.7.5.2: the driver MUST NOT create a loop; the
+        // device MUST handle it), a next index past the table, an unreadable
+        // descriptor, or a bad indirect table; in each case the last
+        // descriptor read still has NEXT set.
+        let last = *descs.last().ok_or_else(|| malformed(ChainError::Empty))?;
+        if last.has_next() {
+            return Err(malformed(ChainError::Truncated {
+                descriptors: descs.len(),
+            }));
+        }
+        // Every buffer must lie in guest memory before anything is read or
+        // written (DESIGN.md "Requests"; the device may touch nothing else).
+        for d in &descs {
+            if !GuestMemoryBackend::check_range(mem, d.addr(), d.len() as usize) {
+                return Err(malformed(ChainError::OutsideMemory {
+                    addr: d.addr().0,
+                    len: d.len(),
+                }));
+            }
+        }
+        // §5.2.6: the status byte is the last, device-writable byte of the
+        // chain; §2.7.5.1: the device MUST NOT write a device-readable buffer.
+        if !last.is_write_only() {
+            return Err(malformed(ChainError::StatusNotWritable));
+        }
+        if last.len() == 0 {
+            return Err(malformed(ChainError::StatusEmpty));
+        }
+        let slot = StatusSlot {
+            head,
+            // In memory: checked above, and len >= 1.
+            addr: GuestAddress(last.addr().0 + u64::from(last.len()) - 1),
+        };
+        match parse_framed(&descs, mem, limits) {
+            Ok(kind) => Ok(Request { kind, slot }),
+            Err(reason) => Err(ParseError::Refused { slot, reason }),
+        }
+    }
+}
+
+/// Checks a chain whose status byte is known good.
+fn parse_framed(
+    descs: &[Descriptor],
+    mem: &GuestMemoryMmap,
+    limits: &DiskLimits,
+) -> Result<RequestKind, RequestError> {
+    let (status, rest) = descs.split_last().ok_or(RequestError::MissingHeader)?;
+    // The status byte is exactly one byte (struct virtio_blk_req, §5.2.6).
+    if status.len() != 1 {
+        return Err(RequestError::StatusLength { len: status.len() });
+    }
+    let (header, data) = rest.split_first().ok_or(RequestError::MissingHeader)?;
+    // §5.2.6: the header (type, reserved, sector) is device-readable.
+    if header.is_write_only() {
+        return Err(RequestError::HeaderNotReadable);
+    }
+    if header.len() != HEADER_LEN {
+        return Err(RequestError::HeaderLength { len: header.len() });
+    }
+    let mut raw = [0u8; HEADER_LEN as usize];
+    mem.read_slice(&mut raw, header.addr())
+        .map_err(|_| RequestError::GuestMemory(header.addr().0))?;
+    let request_type = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
+    let mut sector_bytes = [0u8; 8];
+    sector_bytes.copy_from_slice(&raw[8..16]);
+    let sector = u64::from_le_bytes(sector_bytes);
+
+    match request_type {
+        VIRTIO_BLK_T_IN => {
+            let data = ranges(data, true)?;
+            check_rw(sector, &data, limits)?;
+            Ok(RequestKind::Read { sector, data })
+        }
+        VIRTIO_BLK_T_OUT => {
+            // §5.2.6.2: a read-only device MUST answer writes with IOERR and
+            // MUST NOT write any data.
+            if limits.read_only {
+                return Err(RequestError::ReadOnly);
+            }
+            let data = ranges(data, false)?;
+            check_rw(sector, &data, limits)?;
+            Ok(RequestKind::Write { sector, data })
+        }
+        // Flush carries no data (§5.2.6); stray buffers are not touched.
+        VIRTIO_BLK_T_FLUSH => Ok(RequestKind::Flush),
+        VIRTIO_BLK_T_GET_ID => Ok(RequestKind::GetId {
+            data: ranges(data, true)?,
+        }),
+        VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
+            let write_zeroes = request_type == VIRTIO_BLK_T_WRITE_ZEROES;
+            // §5.2.6.2 (RO): a read-only device writes nothing; DESIGN.md
+            // answers IOERR whether or not the command is offered.
+            if limits.read_only {
+                return Err(RequestError::ReadOnly);
+            }
+            let offered = if write_zeroes {
+                limits.write_zeroes
+            } else {
+                limits.discard
+            };
+            if !offered {
+                return Err(RequestError::Unsupported(request_type));
+            }
+            parse_zeroing(data, mem, limits, write_zeroes)
+        }
+        // §5.2.6.2: anything else (SCSI, zoned, secure erase, and discard or
+        // write-zeroes when not offered) is answered with UNSUPP.
+        other => Err(RequestError::Unsupported(other)),
+    }
+}
+
+/// The data descriptors as guest ranges, all in the direction `writable`
+/// (§2.7.5.1: the device MUST NOT write a device-readable buffer, and
+/// SHOULD NOT read a device-writable one).
+fn ranges(descs: &[Descriptor], writable: bool) -> Result<Vec<GuestRange>, RequestError> {
+    let name = |w: bool| {
+        if w {
+            "device-writable"
+        } else {
+            "device-readable"
+        }
+    };
+    descs
+        .iter()
+        .map(|d| {
+            if d.is_write_only() != writable {
+                return Err(RequestError::DataDirection {
+                    addr: d.addr().0,
+                    found: name(d.is_write_only()),
+                    wanted: name(writable),
+                });
+            }
+            Ok(GuestRange {
+                addr: d.addr(),
+                len: d.len(),
+            })
+        })
+        .collect()
+}
+
+/// §5.2.6.1: IN/OUT data is a multiple of 512 bytes and MUST NOT reach past
+/// the capacity; the device answers a violation with IOERR.
+fn check_rw(sector: u64, data: &[GuestRange], limits: &DiskLimits) -> Result<(), RequestError> {
+    let len = total_len(data);
+    if !len.is_multiple_of(SECTOR_SIZE) {
+        return Err(RequestError::DataNotSectorMultiple { len });
+    }
+    check_range(sector, len / SECTOR_SIZE, limits)
+}
+
+fn check_range(sector: u64, sectors: u64, limits: &DiskLimits) -> Result<(), RequestError> {
+    match sector.checked_add(sectors) {
+        Some(end) if end <= limits.capacity_sectors => Ok(()),
+        _ => Err(RequestError::OutOfRange {
+            sector,
+            sectors,
+            capacity: limits.capacity_sectors,
+        }),
+    }
+}
+
+/// Discard and write-zeroes: segments of `{le64 sector, le32 num_sectors,
+/// le32 flags}` in device-readable data.
+fn parse_zeroing(
+    data: &[Descriptor],
+    mem: &GuestMemoryMmap,
+    limits: &DiskLimits,
+    write_zeroes: bool,
+) -> Result<RequestKind, RequestError> {
+    let data = ranges(data, false)?;
+    let len = total_len(&data);
+    // §5.2.6.1: the data is a multiple of the segment size, with at most
+    // max_*_seg segments. ferrite offers one segment, so exactly 16 bytes.
+    let max = limits.max_zeroing_segments;
+    if len == 0
+        || !len.is_multiple_of(u64::from(SEGMENT_LEN))
+        || len / u64::from(SEGMENT_LEN) > u64::from(max)
+    {
+        return Err(RequestError::SegmentCount { len, max });
+    }
+    let raw = gather(mem, &data, SEGMENT_LEN as usize)?;
+    let sector = u64::from_le_bytes([
+        raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7],
+    ]);
+    let sectors = u32::from_le_bytes([raw[8], raw[9], raw[10], raw[11]]);
+    let flags = u32::from_le_bytes([raw[12], raw[13], raw[14], raw[15]]);
+    // §5.2.6.2: UNSUPP for any unknown flag, and for unmap on a discard.
+    let known = if write_zeroes {
+        VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP
+    } else {
+        0
+    };
+    if flags & !known != 0 {
+        return Err(RequestError::UnsupportedFlags(flags));
+    }
+    // §5.2.6.1: num_sectors MUST NOT exceed max_*_sectors.
+    if sectors > limits.max_zeroing_sectors {
+        return Err(RequestError::SegmentTooLarge {
+            sectors,
+            max: limits.max_zeroing_sectors,
+        });
+    }
+    check_range(sector, u64::from(sectors), limits)?;
+    Ok(if write_zeroes {
+        RequestKind::WriteZeroes {
+            sector,
+            sectors,
+            may_unmap: flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0,
+        }
+    } else {
+        RequestKind::Discard { sector, sectors }
+    })
+}
+
+/// Reads the first `len` bytes spread over `ranges`.
+fn gather(
+    mem: &GuestMemoryMmap,
+    ranges: &[GuestRange],
+    len: usize,
+) -> Result<Vec<u8>, RequestError> {
+    let mut out = vec![0u8; len];
+    let mut done = 0;
+    for r in ranges {
+        if done == len {
+            break;
+        }
+        let n = (r.len as usize).min(len - done);
+        mem.read_slice(&mut out[done..done + n], r.addr)
+            .map_err(|_| RequestError::GuestMemory(r.addr.0))?;
+        done += n;
+    }
+    Ok(out)
+}
+
+/// The GET_ID answer for `serial`: its first 20 bytes, NUL-padded when
+/// shorter (§5.2.6: no terminating NUL when it fills all 20).
+pub fn id_bytes(serial: &str) -> [u8; ID_BYTES] {
+    let mut id = [0u8; ID_BYTES];
+    let n = serial.len().min(ID_BYTES);
+    id[..n].copy_from_slice(&serial.as_bytes()[..n]);
+    id
+}
+
+/// Writes the GET_ID answer into the request's buffers (at most 20 bytes,
+/// fewer if the buffers are shorter); returns the bytes written.
+pub fn write_id(
+    mem: &GuestMemoryMmap,
+    data: &[GuestRange],
+    id: &[u8; ID_BYTES],
+) -> Result<u32, RequestError> {
+    let mut done = 0;
+    for r in data {
+        if done == ID_BYTES {
+            break;
+        }
+        let n = (r.len as usize).min(ID_BYTES - done);
+        mem.write_slice(&id[done..done + n], r.addr)
+            .map_err(|_| RequestError::GuestMemory(r.addr.0))?;
+        done += n;
+    }
+    Ok(done as u32)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,465 @@
+//! A guest-driver simulator for tests: it writes the transport's registers
+//! the way a virtio-mmio driver does and builds split-queue descriptor chains
+//! in a `GuestMemoryMmap`, so a device can be driven end to end without a
+//! guest. Available to other crates' tests through the `test-utils` feature.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use virtio_bindings::virtio_blk::VIRTIO_BLK_T_GET_ID;
+use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::bus::{lock, SharedDevice};
+
+/// Register offsets a driver uses (virtio 1.2 §4.2.2).
+pub mod reg {
+    /// DeviceFeatures.
+    pub const DEVICE_FEATURES: u64 = 0x010;
+    /// DeviceFeaturesSel.
+    pub const DEVICE_FEATURES_SEL: u64 = 0x014;
+    /// DriverFeatures.
+    pub const DRIVER_FEATURES: u64 = 0x020;
+    /// DriverFeaturesSel.
+    pub const DRIVER_FEATURES_SEL: u64 = 0x024;
+    /// QueueSel.
+    pub const QUEUE_SEL: u64 = 0x030;
+    /// QueueNumMax.
+    pub const QUEUE_NUM_MAX: u64 = 0x034;
+    /// QueueNum.
+    pub const QUEUE_NUM: u64 = 0x038;
+    /// QueueReady.
+    pub const QUEUE_READY: u64 = 0x044;
+    /// QueueNotify.
+    pub const QUEUE_NOTIFY: u64 = 0x050;
+    /// InterruptStatus.
+    pub const INTERRUPT_STATUS: u64 = 0x060;
+    /// InterruptACK.
+    pub const INTERRUPT_ACK: u64 = 0x064;
+    /// Status.
+    pub const STATUS: u64 = 0x070;
+    /// QueueDescLow.
+    pub const QUEUE_DESC_LOW: u64 = 0x080;
+    /// QueueDescHigh.
+    pub const QUEUE_DESC_HIGH: u64 = 0x084;
+    /// QueueDriverLow.
+    pub const QUEUE_DRIVER_LOW: u64 = 0x090;
+    /// QueueDriverHigh.
+    pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
+    /// QueueDeviceLow.
+    pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
+    /// QueueDeviceHigh.
+    pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+    /// ConfigGeneration.
+    pub const CONFIG_GENERATION: u64 = 0x0fc;
+    /// Device configuration space.
+    pub const CONFIG: u64 = 0x100;
+}
+
+/// Status bits.
+pub mod status {
+    /// ACKNOWLEDGE.
+    pub const ACKNOWLEDGE: u32 = 1;
+    /// DRIVER.
+    pub const DRIVER: u32 = 2;
+    /// DRIVER_OK.
+    pub const DRIVER_OK: u32 = 4;
+    /// FEATURES_OK.
+    pub const FEATURES_OK: u32 = 8;
+    /// DEVICE_NEEDS_RESET.
+    pub const NEEDS_RESET: u32 = 0x40;
+}
+
+/// One buffer of a chain as the driver describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Buf {
+    /// Guest address.
+    pub addr: GuestAddress,
+    /// Length in bytes.
+    pub len: u32,
+    /// Device-writable.
+    pub writable: bool,
+}
+
+impl Buf {
+    /// A device-readable buffer.
+    pub fn readable(addr: GuestAddress, len: u32) -> Self {
+        Buf {
+            addr,
+            len,
+            writable: false,
+        }
+    }
+    /// A device-writable buffer.
+    pub fn writable(addr: GuestAddress, len: u32) -> Self {
+        Buf {
+            addr,
+            len,
+            writable: true,
+        }
+    }
+}
+
+/// A virtio-blk request the simulator placed in guest memory.
+#[derive(Clone, Debug)]
+pub struct BlkRequest {
+    /// Descriptor head.
+    pub head: u16,
+    /// The data buffers, in order.
+    pub data: Vec<Buf>,
+    /// Where the status byte goes.
+    pub status: GuestAddress,
+}
+
+/// A driver for one device with one split queue.
+///
+/// Layout in guest memory from `base`: descriptor table, available ring,
+/// used ring (each page-aligned), then a bump area for buffers.
+pub struct Driver {
+    dev: SharedDevice,
+    mem: GuestMemoryMmap,
+    size: u16,
+    desc: GuestAddress,
+    avail: GuestAddress,
+    used: GuestAddress,
+    next_buf: u64,
+    buf_end: u64,
+    free: Vec<u16>,
+    chains: HashMap<u16, Vec<u16>>,
+    avail_idx: u16,
+    last_used: u16,
+}
+
+/// How long [`Driver::wait_used`] waits before giving up.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+impl Driver {
+    /// A driver for `dev` whose rings and buffers live in
+    /// `[base, base + area)` of `mem`, with a queue of `size` entries.
+    pub fn new(dev: SharedDevice, mem: GuestMemoryMmap, base: u64, area: u64, size: u16) -> Self {
+        let page = 0x1000;
+        let desc = base;
+        let avail = desc + (16 * u64::from(size)).next_multiple_of(page);
+        let used = avail + (6 + 2 * u64::from(size)).next_multiple_of(page);
+        let bufs = used + (6 + 8 * u64::from(size)).next_multiple_of(page);
+        Driver {
+            dev,
+            mem,
+            size,
+            desc: GuestAddress(desc),
+            avail: GuestAddress(avail),
+            used: GuestAddress(used),
+            next_buf: bufs,
+            buf_end: base + area,
+            free: (0..size).rev().collect(),
+            chains: HashMap::new(),
+            avail_idx: 0,
+            last_used: 0,
+        }
+    }
+
+    /// Guest memory.
+    pub fn mem(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// Reads a 32-bit register.
+    pub fn read32(&self, offset: u64) -> u32 {
+        let mut b = [0u8; 4];
+        lock(&self.dev).read(offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    /// Writes a 32-bit register.
+    pub fn write32(&self, offset: u64, value: u32) {
+        lock(&self.dev).write(offset, &value.to_le_bytes());
+    }
+
+    /// Reads `len` bytes of configuration space at `offset` in one access.
+    pub fn read_config(&self, offset: u64, len: usize) -> Vec<u8> {
+        let mut b = vec![0u8; len];
+        lock(&self.dev).read(reg::CONFIG + offset, &mut b);
+        b
+    }
+
+    /// Writes configuration space at `offset` in one access.
+    pub fn write_config(&self, offset: u64, data: &[u8]) {
+        lock(&self.dev).write(reg::CONFIG + offset, data);
+    }
+
+    /// The Status register.
+    pub fn status(&self) -> u32 {
+        self.read32(reg::STATUS)
+    }
+
+    /// The 64 feature bits the device offers.
+    pub fn device_features(&self) -> u64 {
+        self.write32(reg::DEVICE_FEATURES_SEL, 0);
+        let low = self.read32(reg::DEVICE_FEATURES);
+        self.write32(reg::DEVICE_FEATURES_SEL, 1);
+        let high = self.read32(reg::DEVICE_FEATURES);
+        u64::from(low) | (u64::from(high) << 32)
+    }
+
+    /// Resets the device (status 0) and the driver's view of the queue.
+    pub fn reset(&mut self) {
+        self.write32(reg::STATUS, 0);
+        self.free = (0..self.size).rev().collect();
+        self.chains.clear();
+        self.avail_idx = 0;
+        self.last_used = 0;
+        // The rings start from zero again (§2.7: a fresh queue).
+        let _ = self.mem.write_obj(0u32, self.avail);
+        let _ = self.mem.write_obj(0u32, self.used);
+    }
+
+    /// Resets, then ACKNOWLEDGE, DRIVER, writes `features` as they are, and
+    /// asks for FEATURES_OK. Returns whether the device kept FEATURES_OK.
+    pub fn negotiate(&mut self, features: u64) -> bool {
+        self.reset();
+        self.write32(reg::STATUS, status::ACKNOWLEDGE);
+        self.write32(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        self.write32(reg::DRIVER_FEATURES_SEL, 0);
+        self.write32(reg::DRIVER_FEATURES, features as u32);
+        self.write32(reg::DRIVER_FEATURES_SEL, 1);
+        self.write32(reg::DRIVER_FEATURES, (features >> 32) as u32);
+        self.write32(
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
+        self.status() & status::FEATURES_OK != 0
+    }
+
+    /// Sets up queue 0 and writes DRIVER_OK (after a successful negotiate).
+    pub fn start(&mut self) {
+        self.write32(reg::QUEUE_SEL, 0);
+        self.write32(reg::QUEUE_NUM, u32::from(self.size));
+        for (low, addr) in [
+            (reg::QUEUE_DESC_LOW, self.desc),
+            (reg::QUEUE_DRIVER_LOW, self.avail),
+            (reg::QUEUE_DEVICE_LOW, self.used),
+        ] {
+            self.write32(low, addr.0 as u32);
+            self.write32(low + 4, (addr.0 >> 32) as u32);
+        }
+        self.write32(reg::QUEUE_READY, 1);
+        self.write32(reg::STATUS, self.status() | status::DRIVER_OK);
+    }
+
+    /// negotiate + start; panics (it is a test helper) if refused.
+    pub fn init(&mut self, features: u64) {
+        assert!(
+            self.negotiate(features),
+            "device refused features {features:#x}"
+        );
+        self.start();
+    }
+
+    /// Reserves `len` bytes (8-byte aligned) in the buffer area.
+    pub fn alloc(&mut self, len: u64) -> GuestAddress {
+        let addr = self.next_buf;
+        self.next_buf = (addr + len.max(1)).next_multiple_of(8);
+        assert!(
+            self.next_buf <= self.buf_end,
+            "driver buffer area exhausted"
+        );
+        GuestAddress(addr)
+    }
+
+    /// Writes one raw descriptor (for crafting malformed chains).
+    pub fn write_desc(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let at = self.desc.0 + 16 * u64::from(index);
+        let mut raw = [0u8; 16];
+        raw[..8].copy_from_slice(&addr.to_le_bytes());
+        raw[8..12].copy_from_slice(&len.to_le_bytes());
+        raw[12..14].copy_from_slice(&flags.to_le_bytes());
+        raw[14..].copy_from_slice(&next.to_le_bytes());
+        self.mem.write_slice(&raw, GuestAddress(at)).unwrap();
+    }
+
+    /// Descriptors not in any chain the device still holds.
+    pub fn free_descriptors(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Puts `head` in the available ring (no notification).
+    pub fn push_avail(&mut self, head: u16) {
+        let slot = self.avail.0 + 4 + 2 * u64::from(self.avail_idx % self.size);
+        self.mem.write_obj(head, GuestAddress(slot)).unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        self.mem
+            .write_obj(self.avail_idx, GuestAddress(self.avail.0 + 2))
+            .unwrap();
+    }
+
+    /// Links `bufs` into a chain from free descriptors and makes it
+    /// available. Returns the head.
+    pub fn add_chain(&mut self, bufs: &[Buf]) -> u16 {
+        assert!(
+            !bufs.is_empty() && bufs.len() <= self.free.len(),
+            "no room for the chain"
+        );
+        let indices: Vec<u16> = (0..bufs.len()).map(|_| self.free.pop().unwrap()).collect();
+        for (i, (b, &index)) in bufs.iter().zip(&indices).enumerate() {
+            let mut flags = if b.writable {
+                VRING_DESC_F_WRITE as u16
+            } else {
+                0
+            };
+            let next = indices.get(i + 1).copied().unwrap_or(0);
+            if i + 1 < bufs.len() {
+                flags |= VRING_DESC_F_NEXT as u16;
+            }
+            self.write_desc(index, b.addr.0, b.len, flags, next);
+        }
+        let head = indices[0];
+        self.chains.insert(head, indices);
+        self.push_avail(head);
+        head
+    }
+
+    /// Makes `bufs` available as one descriptor pointing to an indirect
+    /// table (§2.7.5.3) placed in the buffer area. Returns the head.
+    pub fn add_indirect_chain(&mut self, bufs: &[Buf]) -> u16 {
+        let table = self.alloc(16 * bufs.len() as u64 + 16);
+        let table = GuestAddress(table.0.next_multiple_of(16));
+        for (i, b) in bufs.iter().enumerate() {
+            let mut flags = if b.writable {
+                VRING_DESC_F_WRITE as u16
+            } else {
+                0
+            };
+            if i + 1 < bufs.len() {
+                flags |= VRING_DESC_F_NEXT as u16;
+            }
+            let mut raw = [0u8; 16];
+            raw[..8].copy_from_slice(&b.addr.0.to_le_bytes());
+            raw[8..12].copy_from_slice(&b.len.to_le_bytes());
+            raw[12..14].copy_from_slice(&flags.to_le_bytes());
+            raw[14..].copy_from_slice(&(i as u16 + 1).to_le_bytes());
+            self.mem
+                .write_slice(&raw, GuestAddress(table.0 + 16 * i as u64))
+                .unwrap();
+        }
+        let head = self.free.pop().expect("no free descriptor");
+        self.write_desc(
+            head,
+            table.0,
+            16 * bufs.len() as u32,
+            VRING_DESC_F_INDIRECT as u16,
+            0,
+        );
+        self.chains.insert(head, vec![head]);
+        self.push_avail(head);
+        head
+    }
+
+    /// Builds a virtio-blk request: header, data buffers of `data_lens`
+    /// (device-writable if `writable`), and a status byte preset to 0xff.
+    pub fn blk_request(
+        &mut self,
+        request_type: u32,
+        sector: u64,
+        data_lens: &[u32],
+        writable: bool,
+    ) -> BlkRequest {
+        let hdr = self.alloc(16);
+        let mut raw = [0u8; 16];
+        raw[..4].copy_from_slice(&request_type.to_le_bytes());
+        raw[8..].copy_from_slice(&sector.to_le_bytes());
+        self.mem.write_slice(&raw, hdr).unwrap();
+        let data: Vec<Buf> = data_lens
+            .iter()
+            .map(|&len| Buf {
+                addr: self.alloc(u64::from(len)),
+                len,
+                writable,
+            })
+            .collect();
+        let status = self.alloc(1);
+        self.mem.write_obj(0xffu8, status).unwrap();
+        let mut bufs = vec![Buf::readable(hdr, 16)];
+        bufs.extend(&data);
+        bufs.push(Buf::writable(status, 1));
+        let head = self.add_chain(&bufs);
+        BlkRequest { head, data, status }
+    }
+
+    /// A GET_ID request with a buffer of `len` bytes.
+    pub fn get_id(&mut self, len: u32) -> BlkRequest {
+        self.blk_request(VIRTIO_BLK_T_GET_ID, 0, &[len], true)
+    }
+
+    /// Notifies queue 0 through the QueueNotify register.
+    pub fn notify(&self) {
+        self.write32(reg::QUEUE_NOTIFY, 0);
+    }
+
+    /// The used ring's index as the device last published it.
+    pub fn used_idx(&self) -> u16 {
+        self.mem.read_obj(GuestAddress(self.used.0 + 2)).unwrap()
+    }
+
+    /// Takes the next used entry `(head, len)`, freeing its descriptors.
+    pub fn pop_used(&mut self) -> Option<(u16, u32)> {
+        if self.used_idx() == self.last_used {
+            return None;
+        }
+        let at = self.used.0 + 4 + 8 * u64::from(self.last_used % self.size);
+        let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
+        let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
+        self.last_used = self.last_used.wrapping_add(1);
+        let head = id as u16;
+        if let Some(indices) = self.chains.remove(&head) {
+            self.free.extend(indices);
+        }
+        Some((head, len))
+    }
+
+    /// Waits until `n` used entries are there and takes them.
+    pub fn wait_used(&mut self, n: usize) -> Vec<(u16, u32)> {
+        let deadline = Instant::now() + WAIT;
+        let mut out = Vec::new();
+        while out.len() < n {
+            match self.pop_used() {
+                Some(e) => out.push(e),
+                None if Instant::now() > deadline => {
+                    panic!("only {} of {n} used entries after {WAIT:?}", out.len())
+                }
+                None => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+        out
+    }
+
+    /// Waits until `pred` holds on the Status register, or the deadline.
+    pub fn wait_status(&self, pred: impl Fn(u32) -> bool) -> u32 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let s = self.status();
+            if pred(s) || Instant::now() > deadline {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Sets `used_event` (EVENT_IDX): interrupt only once the used index
+    /// passes `idx`.
+    pub fn set_used_event(&self, idx: u16) {
+        let at = self.avail.0 + 4 + 2 * u64::from(self.size);
+        self.mem.write_obj(idx, GuestAddress(at)).unwrap();
+    }
+
+    /// `avail_event` (EVENT_IDX) as the device wrote it.
+    pub fn avail_event(&self) -> u16 {
+        let at = self.used.0 + 4 + 8 * u64::from(self.size);
+        self.mem.read_obj(GuestAddress(at)).unwrap()
+    }
+
+    /// The status byte of `req`.
+    pub fn status_of(&self, req: &BlkRequest) -> u8 {
+        self.mem.read_obj(req.status).unwrap()
+    }
+}
