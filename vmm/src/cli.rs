@@ -58,7 +58,10 @@ pub struct Cli {
 
 /// Subcommands besides booting a kernel.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Compare what the cache modes and the I/O path cost (see `ferrite bench --help`).
+    Bench(crate::bench::BenchArgs),
+}
 
 /// Options of a plain boot.
 #[derive(Debug, Args)]
