@@ -9,6 +9,7 @@ mod boot;
 mod cli;
 mod config;
 mod console;
+mod demo;
 mod exit;
 mod kvm;
 mod memory;
@@ -64,7 +65,9 @@ fn fail(status: i32, line: &str) -> ! {
 /// Boots the guest; returns the exit status.
 fn run(cli: Cli, stdin: console::Stdin) -> i32 {
     if let Some(command) = cli.command {
-        match command {}
+        match command {
+            cli::Command::Demo(args) => return demo::run(args),
+        }
     }
     let args = cli.vm;
     let Some(kernel) = args.kernel else {
