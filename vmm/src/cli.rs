@@ -31,12 +31,19 @@ Adds a virtio-blk disk (repeatable; the first is /dev/vda), with QEMU's -drive s
   aio=io_uring|threads    I/O engine (default: io_uring when the host has it)
   format=raw              the only format supported";
 
+const AFTER_HELP: &str = "\
+Console: the guest's serial port is on stdin/stdout (raw mode on a terminal; Ctrl-A X quits).
+Exit status: 0 when the guest resets or powers off (i8042 reset, triple fault), on SIGINT/SIGTERM
+and on Ctrl-A X; (v << 1) | 1 when the guest writes v to the debug-exit port 0xf4;
+1 for a VMM error; 2 for bad arguments.";
+
 /// ferrite: a minimal KVM virtual machine monitor with virtio-blk disks.
 #[derive(Debug, Parser)]
 #[command(
     name = "ferrite",
     version,
-    about,
+    about = "ferrite: a minimal KVM virtual machine monitor with virtio-blk disks",
+    after_long_help = AFTER_HELP,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]

@@ -25,7 +25,6 @@ pub struct DriveConfig {
 
 impl DriveConfig {
     /// What the block crate needs to open the image.
-    #[allow(dead_code)] // wired to the disks in the next step
     pub fn disk_config(&self) -> DiskConfig {
         DiskConfig {
             path: self.path.clone(),

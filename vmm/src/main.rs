@@ -10,6 +10,7 @@ mod cli;
 mod config;
 mod console;
 mod demo;
+mod disks;
 mod exit;
 mod kvm;
 mod memory;
@@ -77,7 +78,7 @@ fn run(cli: Cli, stdin: console::Stdin) -> i32 {
         fail(STATUS_USAGE, &line);
     }
     let cfg = vmm::VmConfig {
-        kernel,
+        kernel: boot::Kernel::File(kernel),
         initrd: args.initrd,
         cmdline: args
             .cmdline
@@ -86,22 +87,41 @@ fn run(cli: Cli, stdin: console::Stdin) -> i32 {
         cpus: args.cpus,
         drives: args.drives,
     };
-    let result = vmm::Vmm::new(&cfg).and_then(|vmm| {
+    run_vm(&cfg, args.stats_json.as_deref(), stdin)
+}
+
+/// Boots `cfg` with the console on stdin/stdout, writes `stats_json` if
+/// asked, prints the exit's line on stderr if it has one, and returns the
+/// exit status. Subcommands that boot a guest of their own (`demo`,
+/// `bench`) build a [`vmm::VmConfig`] and call this.
+fn run_vm(cfg: &vmm::VmConfig, stats_json: Option<&std::path::Path>, stdin: console::Stdin) -> i32 {
+    let result = vmm::Vmm::new(cfg).and_then(|vmm| {
         vmm::prepare_console(stdin)?;
         vmm.run(stdin)
     });
     console::restore_terminal();
-    let (status, line) = match result {
-        Ok(outcome) => (outcome.cause.status(), outcome.cause.message()),
-        Err(e) => (STATUS_VMM_ERROR, Some(format!("ferrite: {e}"))),
+    let (status, line, disks) = match result {
+        Ok(outcome) => (
+            outcome.cause.status(),
+            outcome.cause.message(),
+            outcome.disks,
+        ),
+        Err(e) => (STATUS_VMM_ERROR, Some(format!("ferrite: {e}")), Vec::new()),
     };
-    if let Some(path) = args.stats_json.as_deref() {
+    let _ = std::io::stdout().flush();
+    if let Some(path) = stats_json {
         let report = stats::StatsReport {
             exit_status: status,
-            disks: Vec::new(),
+            disks: disks
+                .into_iter()
+                .enumerate()
+                .map(|(index, report)| stats::DiskEntry { index, report })
+                .collect(),
         };
         if let Err(e) = stats::write(path, &report) {
-            let _ = std::io::stdout().flush();
+            if let Some(line) = line {
+                eprintln!("{line}");
+            }
             eprintln!("ferrite: {e}");
             return if status == 0 {
                 STATUS_VMM_ERROR
@@ -111,7 +131,6 @@ fn run(cli: Cli, stdin: console::Stdin) -> i32 {
         }
     }
     if let Some(line) = line {
-        let _ = std::io::stdout().flush();
         eprintln!("{line}");
     }
     status

@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
+use devices::virtio::block::BlockReport;
 use serde::Serialize;
 
 /// One disk's entry.
@@ -20,7 +21,7 @@ pub struct DiskEntry {
     pub index: usize,
     /// The device's report (its fields are flattened into this object).
     #[serde(flatten)]
-    pub report: serde_json::Value,
+    pub report: BlockReport,
 }
 
 /// The whole file.
@@ -65,7 +66,19 @@ mod tests {
             exit_status: 3,
             disks: vec![DiskEntry {
                 index: 0,
-                report: serde_json::json!({"path": "a.img", "cache": "none", "writes": 2}),
+                report: BlockReport {
+                    path: "a.img".into(),
+                    cache: block::CacheMode::None,
+                    read_only: false,
+                    engine: "threads".into(),
+                    features: "0x0".into(),
+                    write_cache: true,
+                    disk: block::DiskStats {
+                        writes: 2,
+                        ..Default::default()
+                    },
+                    device: Default::default(),
+                },
             }],
         };
         write(&path, &report).unwrap();
@@ -74,7 +87,8 @@ mod tests {
         assert_eq!(v["exit_status"], 3);
         assert_eq!(v["disks"][0]["path"], "a.img");
         assert_eq!(v["disks"][0]["cache"], "none");
-        assert_eq!(v["disks"][0]["writes"], 2);
+        assert_eq!(v["disks"][0]["index"], 0);
+        assert_eq!(v["disks"][0]["disk"]["writes"], 2);
         let bad = write(Path::new("/nonexistent/dir/s.json"), &report).unwrap_err();
         assert!(bad.to_string().contains("/nonexistent/dir/s.json"));
     }

@@ -14,6 +14,7 @@ use devices::legacy::debug_exit::{DEBUG_EXIT_LEN, DEBUG_EXIT_PORT};
 use devices::legacy::i8042::{I8042_BASE, I8042_LEN};
 use devices::legacy::serial::{COM1_BASE, COM1_IRQ, COM1_LEN};
 use devices::legacy::{DebugExit, Serial, I8042};
+use devices::virtio::block::{BlockHandle, BlockReport};
 use devices::{Bus, BusError, InterruptLine};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{VcpuFd, VmFd};
@@ -21,9 +22,10 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::Killable;
 
-use crate::boot::{self, BootConfig, BootError};
+use crate::boot::{self, BootConfig, BootError, Kernel};
 use crate::config::DriveConfig;
 use crate::console::{self, EscapeFilter, Stdin};
+use crate::disks::{self, DiskError, DiskSlot};
 use crate::exit::{ExitCause, ExitController};
 use crate::kvm::mptable::{self, MpTableError};
 use crate::kvm::vcpu::{self, VcpuEnd};
@@ -35,7 +37,7 @@ use crate::signals::StopSignals;
 #[derive(Clone, Debug)]
 pub struct VmConfig {
     /// Kernel image.
-    pub kernel: PathBuf,
+    pub kernel: Kernel,
     /// Optional initrd.
     pub initrd: Option<PathBuf>,
     /// Kernel command line as the user gave it (disk entries are appended).
@@ -63,6 +65,9 @@ pub enum VmmError {
     /// The MP table.
     #[error(transparent)]
     MpTable(#[from] MpTableError),
+    /// Attaching a drive.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
     /// Placing a device.
     #[error("cannot place a device: {0}")]
     Bus(#[from] BusError),
@@ -85,6 +90,8 @@ fn host(what: &'static str) -> impl Fn(io::Error) -> VmmError {
 pub struct RunOutcome {
     /// Why the guest stopped.
     pub cause: ExitCause,
+    /// Each disk's final report, in `--drive` order (after its shutdown).
+    pub disks: Vec<BlockReport>,
 }
 
 /// A guest ready to start.
@@ -97,6 +104,7 @@ pub struct Vmm {
     mmio: Arc<Bus>,
     serial: Arc<Mutex<Serial>>,
     exit: Arc<ExitController>,
+    disks: Vec<BlockHandle>,
 }
 
 /// The kernel command line: the user's, then one virtio-mmio entry per disk.
@@ -148,7 +156,18 @@ impl Vmm {
             DEBUG_EXIT_PORT,
             DEBUG_EXIT_LEN,
         )?;
-        let mmio = Bus::new();
+        let mut mmio = Bus::new();
+        let mut disks = Vec::with_capacity(cfg.drives.len());
+        for (index, drive) in cfg.drives.iter().enumerate() {
+            let (base, irq) = disk_slot(index);
+            disks.push(disks::attach(
+                &vm_fd,
+                &mem,
+                &mut mmio,
+                DiskSlot { base, irq },
+                drive,
+            )?);
+        }
 
         let cmdline = kernel_cmdline(&cfg.cmdline, cfg.drives.len());
         let entry = boot::load(
@@ -182,6 +201,7 @@ impl Vmm {
             mmio: Arc::new(mmio),
             serial,
             exit,
+            disks,
         })
     }
 
@@ -228,7 +248,9 @@ impl Vmm {
         }
         let cause = self.event_loop(stdin, &signals);
         stop_vcpus(&threads);
-        Ok(RunOutcome { cause })
+        // Completes what is in flight and flushes (except cache=unsafe).
+        let disks = self.disks.iter().map(BlockHandle::shutdown).collect();
+        Ok(RunOutcome { cause, disks })
     }
 
     /// Waits for an exit cause while moving console input to the guest.

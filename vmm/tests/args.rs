@@ -123,3 +123,25 @@ fn malformed_arguments_fail_with_one_line() {
         check(c);
     }
 }
+
+#[test]
+fn readonly_drive_whose_image_is_write_locked_elsewhere_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = write_file(dir.path(), "k", b"not a kernel");
+    let img = write_file(dir.path(), "disk.img", &vec![0u8; 1 << 20]);
+    // This process holds the exclusive lock a writable drive takes.
+    let _writer = block::Disk::open(&block::DiskConfig {
+        path: img.clone(),
+        cache: block::CacheMode::Writeback,
+        read_only: false,
+        engine: Some(block::EngineKind::Sync),
+    })
+    .unwrap();
+    let drive = format!("file={},readonly=on", img.display());
+    check(&case(
+        "read-only drive, write lock held",
+        &["--kernel", kernel.to_str().unwrap(), "--drive", &drive],
+        1,
+        "disk.img",
+    ));
+}

@@ -222,3 +222,60 @@ fn two_vcpus_the_bsp_wakes_the_ap() {
     let out = run_kernel(&image, "vmlinux-smp", &["--cpus", "2"]);
     assert_run(&out, "BSP up\nAP up\n", 0x85);
 }
+
+#[test]
+fn disks_appear_as_virtio_mmio_windows_and_in_stats() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let a = write_file(dir.path(), "a.img", &vec![0u8; 1 << 20]);
+    let b = write_file(dir.path(), "b.img", &vec![0u8; 1 << 20]);
+    let stats = dir.path().join("stats.json");
+    // Each window answers with the virtio-mmio magic, version 2 and the
+    // block device ID.
+    let mut code = Asm::new();
+    for (i, base) in [0xd000_0000u32, 0xd000_1000].into_iter().enumerate() {
+        let what = format!("disk {i}");
+        code.load_eax(base)
+            .cmp_eax(0x7472_6976)
+            .unless_equal(&fail_block(&what))
+            .load_eax(base + 4)
+            .cmp_eax(2)
+            .unless_equal(&fail_block(&what))
+            .load_eax(base + 8)
+            .cmp_eax(2)
+            .unless_equal(&fail_block(&what));
+    }
+    code.com1().puts("two disks\n").debug_exit(0x01).halt();
+    let kernel = write_file(dir.path(), "vmlinux", &elf64(code.bytes));
+    let drive_a = format!("file={},cache=none,serial=first", a.display());
+    let drive_b = format!("file={},cache=unsafe,readonly=on,aio=threads", b.display());
+    let out = ferrite(
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--memory",
+            "32M",
+            "--drive",
+            &drive_a,
+            "--drive",
+            &drive_b,
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ],
+        LIMIT,
+    );
+    assert_run(&out, "two disks\n", 3);
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    let disks = v["disks"].as_array().unwrap();
+    assert_eq!(disks.len(), 2, "{v}");
+    assert_eq!(disks[0]["index"], 0);
+    assert_eq!(disks[0]["cache"], "none");
+    assert_eq!(disks[0]["path"], a.to_str().unwrap());
+    assert_eq!(disks[1]["cache"], "unsafe");
+    assert_eq!(disks[1]["read_only"], true);
+    assert_eq!(disks[1]["engine"], "threads");
+    assert_eq!(v["exit_status"], 3);
+}

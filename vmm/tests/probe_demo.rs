@@ -10,9 +10,9 @@ use block::CacheMode;
 use probe_util::*;
 
 /// The table row of `mode` in the demo's output.
-fn row<'a>(out: &'a str, mode: CacheMode) -> &'a str {
+fn row(out: &str, mode: CacheMode) -> &str {
     out.lines()
-        .find(|l| l.split_whitespace().next() == Some(mode.name()))
+        .find(|l| l.split_whitespace().take(2).any(|w| w == mode.name()))
         .unwrap_or_else(|| panic!("no row for {mode} in\n{out}"))
 }
 
@@ -28,7 +28,11 @@ fn default_demo_shows_every_cache_mode_and_passes() {
         "demo took {:?}",
         run.elapsed
     );
-    assert!(run.stdout.contains("probe verdict pass"), "{}", run.describe());
+    assert!(
+        run.stdout.contains("probe verdict pass"),
+        "{}",
+        run.describe()
+    );
     for mode in MODES {
         let r = row(&run.stdout, mode);
         let cols: Vec<&str> = r.split_whitespace().collect();
@@ -48,7 +52,10 @@ fn default_demo_shows_every_cache_mode_and_passes() {
         .lines()
         .find_map(|l| l.strip_prefix("scratch images in "))
         .expect("scratch dir named");
-    assert!(!std::path::Path::new(dir_line).exists(), "{dir_line} left behind");
+    assert!(
+        !std::path::Path::new(dir_line).exists(),
+        "{dir_line} left behind"
+    );
 }
 
 #[test]
@@ -68,8 +75,16 @@ fn demo_runs_the_given_scenario_on_the_given_drive() {
     ]);
     assert_eq!(run.status, Some(0), "{}", run.describe());
     // --verbose shows the guest's serial output.
-    assert!(run.stdout.contains("PROBE ack seq=11"), "{}", run.describe());
-    assert!(run.stdout.contains("12 writes acknowledged"), "{}", run.describe());
+    assert!(
+        run.stdout.contains("PROBE ack seq=11"),
+        "{}",
+        run.describe()
+    );
+    assert!(
+        run.stdout.contains("12 writes acknowledged"),
+        "{}",
+        run.describe()
+    );
     let r = row(&run.stdout, CacheMode::DirectSync);
     assert!(r.contains("durable at completion"), "{r}");
     let data = std::fs::read(&img).unwrap();
@@ -93,12 +108,20 @@ fn demo_exit_status_follows_a_failing_probe() {
     assert_eq!(run.status, Some(1), "{}", run.describe());
     let err: Vec<&str> = run.stderr.lines().collect();
     assert_eq!(err.len(), 1, "{}", run.describe());
-    assert!(err[0].starts_with("ferrite demo: probe verdict fail"), "{}", run.describe());
+    assert!(
+        err[0].starts_with("ferrite demo: probe verdict fail"),
+        "{}",
+        run.describe()
+    );
     // A missing image: ferrite's own error, still one line.
     let run = run_demo(&["--drive", "file=/nonexistent/x.img"]);
     assert_eq!(run.status, Some(1), "{}", run.describe());
     assert_eq!(run.stderr.lines().count(), 1, "{}", run.describe());
-    assert!(run.stderr.contains("/nonexistent/x.img"), "{}", run.describe());
+    assert!(
+        run.stderr.contains("/nonexistent/x.img"),
+        "{}",
+        run.describe()
+    );
     // Bad --probe: a usage error.
     let run = run_demo(&["--probe", "nosuch"]);
     assert_eq!(run.status, Some(2), "{}", run.describe());

@@ -3,11 +3,13 @@
 //! prints, per disk, what the guest saw (FLUSH, the write cache) next to
 //! what the host did (writes, flushes, host syncs) and the verdict.
 //!
-//! The probe runs in a child `ferrite` (see [`launch`]); its exit status
-//! is the probe's verdict, and the demo's is 0 for a pass, 1 otherwise,
-//! with one line saying why.
+//! The probe boots in this process through the same `run_vm` as
+//! `ferrite --kernel`, from the image embedded in the binary; its serial
+//! output is captured (see [`capture`]). ferrite's exit status is the
+//! probe's verdict (debug-exit 0 or 1 gives 1 or 3); the demo's is 0 for a
+//! pass, 1 otherwise, with one line saying why.
 
-mod launch;
+mod capture;
 mod output;
 mod scratch;
 mod table;
@@ -19,9 +21,11 @@ use std::time::Instant;
 use block::CacheMode;
 use clap::Args;
 
+use crate::boot::Kernel;
 use crate::config::{self, DriveConfig};
-use crate::exit::STATUS_VMM_ERROR;
-use launch::{Launch, STATUS_PROBE_FAIL, STATUS_PROBE_PASS};
+use crate::console::Stdin;
+use crate::exit::{STATUS_USAGE, STATUS_VMM_ERROR};
+use crate::vmm::VmConfig;
 use output::ProbeReport;
 use scratch::ScratchDir;
 use table::{HostCounts, Row};
@@ -57,7 +61,7 @@ pub struct DemoArgs {
     /// Probe this disk instead of the scratch images (repeatable; same
     /// syntax as ferrite --drive). The image is written to.
     #[arg(long = "drive", value_name = "OPTIONS", value_parser = parse_drive)]
-    pub drives: Vec<DemoDrive>,
+    pub drives: Vec<DriveConfig>,
     /// Scenarios (comma-separated) and their parameters, e.g.
     /// 'stream stream.count=0 stream.depth=8'. Scenarios: info, rw, flush,
     /// wce, getid, discard, zeroes, readonly, badchain, stream.
@@ -73,21 +77,8 @@ pub struct DemoArgs {
     pub cpus: u8,
 }
 
-/// A `--drive` of the demo: the text, passed on unchanged, and its meaning.
-#[derive(Clone, Debug)]
-pub struct DemoDrive {
-    /// As the user wrote it.
-    pub spec: String,
-    /// Parsed.
-    pub config: DriveConfig,
-}
-
-fn parse_drive(s: &str) -> Result<DemoDrive, String> {
-    let config = config::parse_drive(s).map_err(|e| e.to_string())?;
-    Ok(DemoDrive {
-        spec: s.to_string(),
-        config,
-    })
+fn parse_drive(s: &str) -> Result<DriveConfig, String> {
+    config::parse_drive(s).map_err(|e| e.to_string())
 }
 
 /// What the probe is asked to do.
@@ -154,13 +145,24 @@ pub enum DemoError {
     /// No default location worked.
     #[error("no directory for scratch images (use --dir): {0}")]
     NoScratchDir(String),
-    /// The child ferrite could not be started or waited for.
-    #[error("cannot run the probe guest: {0}")]
-    Spawn(std::io::Error),
+    /// The guest's console could not be captured.
+    #[error(transparent)]
+    Capture(#[from] capture::CaptureError),
 }
+
+/// ferrite's status when the probe passed (debug-exit 0: `(0 << 1) | 1`).
+const STATUS_PROBE_PASS: i32 = 1;
+/// ferrite's status when the probe failed (debug-exit 1).
+const STATUS_PROBE_FAIL: i32 = 3;
+/// Guest RAM: the probe uses about 2 MiB.
+const DEMO_MEMORY: u64 = 32 << 20;
 
 /// Runs the demo; returns the exit status.
 pub fn run(args: DemoArgs) -> i32 {
+    if let Err(line) = crate::check_drives(&args.drives) {
+        eprintln!("{line}");
+        return STATUS_USAGE;
+    }
     match demo(&args) {
         Ok(status) => status,
         Err(e) => {
@@ -173,15 +175,13 @@ pub fn run(args: DemoArgs) -> i32 {
 
 /// One disk of the run.
 struct Disk {
-    spec: String,
+    config: DriveConfig,
     name: String,
-    mode: CacheMode,
-    read_only: bool,
 }
 
 fn demo(args: &DemoArgs) -> Result<i32, DemoError> {
-    // The probe kernel and the statistics always go in a scratch directory;
-    // with the user's drives, O_DIRECT there does not matter.
+    // The statistics always go in a scratch directory; with the user's
+    // drives, O_DIRECT there does not matter.
     let scratch = if args.drives.is_empty() {
         ScratchDir::create(args.dir.as_deref())?
     } else {
@@ -192,13 +192,17 @@ fn demo(args: &DemoArgs) -> Result<i32, DemoError> {
         CacheMode::ALL
             .into_iter()
             .map(|mode| {
-                let path = scratch.image(&format!("{}.img", mode.name()))?;
-                let file = path.display().to_string().replace(',', ",,");
+                let name = format!("{}.img", mode.name());
+                let path = scratch.image(&name)?;
                 Ok(Disk {
-                    spec: format!("file={file},cache={},serial=demo-{}", mode.name(), mode.name()),
-                    name: format!("{}.img", mode.name()),
-                    mode,
-                    read_only: false,
+                    config: DriveConfig {
+                        path,
+                        cache: mode,
+                        read_only: false,
+                        serial: Some(format!("demo-{}", mode.name())),
+                        engine: None,
+                    },
+                    name,
                 })
             })
             .collect::<Result<Vec<_>, DemoError>>()?
@@ -206,20 +210,23 @@ fn demo(args: &DemoArgs) -> Result<i32, DemoError> {
         args.drives
             .iter()
             .map(|d| Disk {
-                spec: d.spec.clone(),
-                name: d.config.path.display().to_string(),
-                mode: d.config.cache,
-                read_only: d.config.read_only,
+                config: d.clone(),
+                name: d.path.display().to_string(),
             })
             .collect()
     };
-    let launch = Launch {
-        kernel: scratch.file("probe.elf", probe::PROBE_ELF)?,
+    let cfg = VmConfig {
+        kernel: Kernel::Embedded {
+            name: "the probe guest",
+            bytes: probe::PROBE_ELF,
+        },
+        initrd: None,
         cmdline: args.probe.cmdline(),
+        mem_size: DEMO_MEMORY,
         cpus: args.cpus,
-        drives: disks.iter().map(|d| d.spec.clone()).collect(),
-        stats: scratch.path().join("stats.json"),
+        drives: disks.iter().map(|d| d.config.clone()).collect(),
     };
+    let stats_path = scratch.path().join("stats.json");
     println!(
         "ferrite demo: probe guest, {} disk(s), {}",
         disks.len(),
@@ -229,15 +236,15 @@ fn demo(args: &DemoArgs) -> Result<i32, DemoError> {
         println!("scratch images in {}", scratch.path().display());
     }
     let start = Instant::now();
-    let mut report = ProbeReport::default();
-    let finished = launch.run(|line| {
-        report.feed(line);
-        if args.verbose {
-            println!("{line}");
-        }
+    let (status, report) = capture::capture(args.verbose, || {
+        crate::run_vm(&cfg, Some(&stats_path), Stdin::Closed)
     })?;
     let elapsed = start.elapsed();
-    let stats: serde_json::Value = std::fs::read_to_string(&launch.stats)
+    if report.verdict.is_none() && report.disks.is_empty() && status == STATUS_VMM_ERROR {
+        // ferrite could not start the guest and has said why on stderr.
+        return Ok(STATUS_VMM_ERROR);
+    }
+    let stats: serde_json::Value = std::fs::read_to_string(&stats_path)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
         .unwrap_or(serde_json::Value::Null);
@@ -246,8 +253,8 @@ fn demo(args: &DemoArgs) -> Result<i32, DemoError> {
         .enumerate()
         .map(|(i, d)| Row {
             name: d.name.clone(),
-            mode: d.mode,
-            read_only: d.read_only,
+            mode: d.config.cache,
+            read_only: d.config.read_only,
             view: report.disks.get(i),
             host: HostCounts::from_stats(&stats, i),
         })
@@ -256,7 +263,8 @@ fn demo(args: &DemoArgs) -> Result<i32, DemoError> {
     print!("{}", table::render(&rows, !args.drives.is_empty()));
     println!();
     println!("FLUSH, WCE: as the guest saw them (FLUSH negotiated; WCE = the writeback byte at start, 1 = the guest has a volatile write cache).");
-    println!("writes, flushes: guest requests completed; host syncs: fdatasync calls + O_DSYNC/RWF_DSYNC writes (ferrite's per-disk stats).");
+    println!("writes, flushes: requests completed (flushes include the one ferrite makes at exit, except in unsafe);");
+    println!("host syncs: fdatasync calls + O_DSYNC/RWF_DSYNC writes (both from ferrite's per-disk stats).");
     if report.acks > 0 {
         let flushed = report
             .last_flushed
@@ -267,45 +275,36 @@ fn demo(args: &DemoArgs) -> Result<i32, DemoError> {
         );
     }
     let _ = std::io::stdout().flush();
-    let (status, line) = conclude(&report, &finished, elapsed.as_secs_f64());
-    if status == 0 {
+    let (demo_status, line) = conclude(&report, status, elapsed.as_secs_f64());
+    if demo_status == 0 {
         println!("{line}");
     } else {
         eprintln!("{line}");
     }
-    Ok(status)
+    Ok(demo_status)
 }
 
-/// The demo's exit status and its last line.
-fn conclude(report: &ProbeReport, finished: &launch::Finished, secs: f64) -> (i32, String) {
-    if let Some(sig) = finished.interrupted {
-        return (
-            1,
-            format!("ferrite demo: stopped by signal {sig} before the probe's verdict"),
-        );
-    }
-    match (&report.verdict, finished.status) {
-        (Some(v), Some(STATUS_PROBE_PASS)) if v.pass => (
-            0,
-            format!("ferrite demo: probe verdict pass ({secs:.2} s)"),
-        ),
-        (Some(v), Some(STATUS_PROBE_FAIL)) if !v.pass => (
-            1,
-            format!("ferrite demo: probe verdict fail: {}", v.reason),
-        ),
-        (_, status) => {
-            let why = finished
-                .stderr
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("no message");
-            let status = status.map_or("killed by a signal".to_string(), |s| format!("exit status {s}"));
-            (
-                1,
-                format!("ferrite demo: the probe gave no verdict (ferrite {status}: {why})"),
-            )
+/// The demo's exit status and its last line, from the probe's verdict
+/// and ferrite's exit status (which must agree).
+fn conclude(report: &ProbeReport, status: i32, secs: f64) -> (i32, String) {
+    match &report.verdict {
+        Some(v) if v.pass && status == STATUS_PROBE_PASS => {
+            (0, format!("ferrite demo: probe verdict pass ({secs:.2} s)"))
         }
+        Some(v) if !v.pass && status == STATUS_PROBE_FAIL => {
+            (1, format!("ferrite demo: probe verdict fail: {}", v.reason))
+        }
+        Some(v) => (
+            1,
+            format!(
+                "ferrite demo: probe verdict {} but ferrite exited with status {status}",
+                if v.pass { "pass" } else { "fail" }
+            ),
+        ),
+        None => (
+            1,
+            format!("ferrite demo: the guest stopped (status {status}) before the probe's verdict"),
+        ),
     }
 }
 
@@ -330,38 +329,24 @@ mod tests {
         assert!(parse_probe("rw,bogus").unwrap_err().contains("bogus"));
     }
 
-    fn finished(status: Option<i32>, stderr: &str) -> launch::Finished {
-        launch::Finished {
-            status,
-            stderr: stderr.to_string(),
-            interrupted: None,
-        }
-    }
-
     #[test]
     fn status_follows_the_verdict_and_the_exit() {
         let mut pass = ProbeReport::default();
         pass.feed("PROBE verdict=pass reason=ok");
         let mut fail = ProbeReport::default();
         fail.feed("PROBE verdict=fail reason=timeout");
-        assert_eq!(conclude(&pass, &finished(Some(1), ""), 0.5).0, 0);
-        let (s, line) = conclude(&fail, &finished(Some(3), ""), 0.5);
+        assert_eq!(conclude(&pass, STATUS_PROBE_PASS, 0.5).0, 0);
+        let (s, line) = conclude(&fail, STATUS_PROBE_FAIL, 0.5);
         assert_eq!(s, 1);
         assert!(line.contains("timeout"), "{line}");
         // Status 1 without a verdict is a VMM error, not a pass.
-        let (s, line) = conclude(
-            &ProbeReport::default(),
-            &finished(Some(1), "ferrite: cannot open x.img\n"),
-            0.5,
-        );
+        let (s, line) = conclude(&ProbeReport::default(), STATUS_VMM_ERROR, 0.5);
         assert_eq!(s, 1);
-        assert!(line.contains("cannot open x.img"), "{line}");
-        // A pass line with a failing status is not a pass.
-        assert_eq!(conclude(&pass, &finished(Some(3), ""), 0.5).0, 1);
-        assert_eq!(conclude(&pass, &finished(None, ""), 0.5).0, 1);
-        let mut stopped = finished(Some(0), "");
-        stopped.interrupted = Some(libc::SIGINT);
-        assert!(conclude(&pass, &stopped, 0.5).1.contains("signal"));
+        assert!(line.contains("before the probe's verdict"), "{line}");
+        // A pass line with a failing status is not a pass, and vice versa.
+        assert_eq!(conclude(&pass, STATUS_PROBE_FAIL, 0.5).0, 1);
+        assert_eq!(conclude(&fail, STATUS_PROBE_PASS, 0.5).0, 1);
+        assert_eq!(conclude(&pass, 0, 0.5).0, 1);
     }
 
     #[test]
@@ -380,8 +365,7 @@ mod tests {
             panic!("not demo");
         };
         assert_eq!(args.drives.len(), 1);
-        assert_eq!(args.drives[0].config.cache, CacheMode::DirectSync);
-        assert_eq!(args.drives[0].spec, "file=d.img,cache=directsync");
+        assert_eq!(args.drives[0].cache, CacheMode::DirectSync);
         assert!(args.verbose);
         assert_eq!(args.probe.scenarios, ["stream"]);
         let cli = crate::cli::parse(["ferrite", "demo"]).unwrap();

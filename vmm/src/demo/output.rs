@@ -289,7 +289,9 @@ PROBE verdict=fail reason=bad_magic
         }
         assert!(r.disks.is_empty());
         assert_eq!(
-            ProbeLine::parse("PROBE verdict=pass reason=ok").unwrap().kind,
+            ProbeLine::parse("PROBE verdict=pass reason=ok")
+                .unwrap()
+                .kind,
             ""
         );
         assert!(ProbeLine::parse("PROBE cmdline probe=x").is_none());

@@ -90,16 +90,6 @@ impl ScratchDir {
         file.set_len(IMAGE_SIZE).map_err(err)?;
         Ok(path)
     }
-
-    /// Writes `bytes` to a new file named `name`.
-    pub fn file(&self, name: &str, bytes: &[u8]) -> Result<PathBuf, DemoError> {
-        let path = self.path.join(name);
-        fs::write(&path, bytes).map_err(|source| DemoError::Scratch {
-            path: path.clone(),
-            source,
-        })?;
-        Ok(path)
-    }
 }
 
 impl Drop for ScratchDir {
@@ -150,7 +140,6 @@ mod tests {
             let img = dir.image("a.img").unwrap();
             assert_eq!(fs::metadata(&img).unwrap().len(), IMAGE_SIZE);
             assert!(dir.image("a.img").is_err(), "an image is never reused");
-            dir.file("k", b"xyz").unwrap();
         }
         assert!(!path.exists(), "{} left behind", path.display());
     }

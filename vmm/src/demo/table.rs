@@ -108,7 +108,8 @@ pub fn render(rows: &[Row<'_>], show_names: bool) -> String {
     let mut cells: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     for r in rows {
         let info = r.view.and_then(|v| v.info);
-        let num = |f: fn(&HostCounts) -> u64| r.host.as_ref().map_or("-".into(), |h| f(h).to_string());
+        let num =
+            |f: fn(&HostCounts) -> u64| r.host.as_ref().map_or("-".into(), |h| f(h).to_string());
         let syncs = r.host.as_ref().map_or("-".into(), |h| {
             format!(
                 "{} ({} fdatasync, {} dsync)",
@@ -135,7 +136,13 @@ pub fn render(rows: &[Row<'_>], show_names: bool) -> String {
     }
     let columns = cells[0].len();
     let widths: Vec<usize> = (0..columns)
-        .map(|c| cells.iter().map(|row| row[c].chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            cells
+                .iter()
+                .map(|row| row[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for row in &cells {
@@ -207,7 +214,10 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
         assert!(lines[0].starts_with("mode "), "{text}");
-        assert!(lines[1].starts_with("directsync  O_RDWR|O_DIRECT|O_DSYNC  yes"), "{text}");
+        assert!(
+            lines[1].starts_with("directsync  O_RDWR|O_DIRECT|O_DSYNC  yes"),
+            "{text}"
+        );
         assert!(lines[1].contains("0 (0/1 toggle ok)"), "{text}");
         assert!(lines[1].contains("durable at completion"), "{text}");
         assert!(lines[1].contains("4 (1 fdatasync, 3 dsync)"), "{text}");

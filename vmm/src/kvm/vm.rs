@@ -51,7 +51,6 @@ pub fn register_irqfd(vm: &VmFd, fd: &EventFd, irq: u32) -> Result<(), KvmError>
 
 /// Turns a guest's 32-bit write of `value` at `addr` into a write to `fd`,
 /// without an exit to userspace (virtio QueueNotify).
-#[allow(dead_code)] // wired to the disks in the next step
 pub fn register_mmio_ioeventfd(
     vm: &VmFd,
     fd: &EventFd,

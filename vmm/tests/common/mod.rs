@@ -90,6 +90,19 @@ impl Asm {
         self.emit(&value.to_le_bytes())
     }
 
+    /// `mov eax, dword [addr]` (64-bit mode, `movabs` with a 64-bit
+    /// address: a 32-bit displacement would be sign-extended).
+    pub fn load_eax(&mut self, addr: u32) -> &mut Self {
+        self.emit(&[0xa1]);
+        self.emit(&u64::from(addr).to_le_bytes())
+    }
+
+    /// `cmp eax, value`.
+    pub fn cmp_eax(&mut self, value: u32) -> &mut Self {
+        self.emit(&[0x3d]);
+        self.emit(&value.to_le_bytes())
+    }
+
     /// `je` over `skipped` (which is emitted here), i.e. run `skipped` only
     /// when the last comparison was unequal.
     pub fn unless_equal(&mut self, skipped: &Asm) -> &mut Self {

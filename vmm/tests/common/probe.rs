@@ -282,8 +282,8 @@ pub fn run_demo(args: &[&str]) -> Run {
 
 /// Reads `--stats-json`.
 pub fn stats(path: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("stats {}: {e}", path.display()));
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("stats {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
 }
 

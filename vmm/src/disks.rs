@@ -1,0 +1,98 @@
+//! Attaching `--drive`s: each becomes a `block::Disk` behind a virtio-blk
+//! device in a virtio-mmio window, with its QueueNotify register as a KVM
+//! ioeventfd (the guest's notify never leaves the kernel for a vCPU exit to
+//! userspace) and its interrupt as an irqfd.
+
+use std::sync::{Arc, Mutex};
+
+use devices::virtio::block::{BlockDevice, BlockDeviceError, BlockHandle};
+use devices::virtio::mmio::{MmioTransport, TransportError, MMIO_WINDOW_SIZE, NOTIFY_OFFSET};
+use devices::{Bus, BusError, InterruptLine};
+use kvm_ioctls::VmFd;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::config::DriveConfig;
+use crate::kvm::{vm, KvmError};
+
+/// Why a drive could not be attached.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// The image could not be opened or locked (the message names it).
+    #[error(transparent)]
+    Open(#[from] block::BlockError),
+    /// The device could not start.
+    #[error("drive {path}: {source}")]
+    Device {
+        /// The image.
+        path: String,
+        /// Why.
+        source: BlockDeviceError,
+    },
+    /// The transport refused the device.
+    #[error("drive {path}: {source}")]
+    Transport {
+        /// The image.
+        path: String,
+        /// Why.
+        source: TransportError,
+    },
+    /// An eventfd could not be created.
+    #[error("cannot create an eventfd for drive {path}: {source}")]
+    EventFd {
+        /// The image.
+        path: String,
+        /// The host error.
+        source: std::io::Error,
+    },
+    /// irqfd or ioeventfd registration failed.
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    /// The window overlaps another device.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// Where a disk sits: its MMIO window and its IRQ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskSlot {
+    /// Window base.
+    pub base: u64,
+    /// IOAPIC pin / ISA IRQ.
+    pub irq: u32,
+}
+
+/// Opens `drive` and puts its device on `mmio` at `slot`.
+pub fn attach(
+    vm_fd: &VmFd,
+    mem: &GuestMemoryMmap,
+    mmio: &mut Bus,
+    slot: DiskSlot,
+    drive: &DriveConfig,
+) -> Result<BlockHandle, DiskError> {
+    let path = drive.path.display().to_string();
+    let disk = block::Disk::open(&drive.disk_config())?;
+    let device =
+        BlockDevice::new(disk, drive.serial.clone()).map_err(|source| DiskError::Device {
+            path: path.clone(),
+            source,
+        })?;
+    let irq = EventFd::new(EFD_NONBLOCK).map_err(|source| DiskError::EventFd {
+        path: path.clone(),
+        source,
+    })?;
+    vm::register_irqfd(vm_fd, &irq, slot.irq)?;
+    let line: Arc<dyn InterruptLine> = Arc::new(irq);
+    let transport = MmioTransport::new(device, mem.clone(), line)
+        .map_err(|source| DiskError::Transport { path, source })?;
+    // The driver writes the queue index (0, the only queue) to QueueNotify.
+    vm::register_mmio_ioeventfd(
+        vm_fd,
+        transport.notify_eventfd(),
+        slot.base + NOTIFY_OFFSET,
+        0,
+    )?;
+    let handle = transport.block_handle();
+    mmio.insert(Arc::new(Mutex::new(transport)), slot.base, MMIO_WINDOW_SIZE)?;
+    Ok(handle)
+}

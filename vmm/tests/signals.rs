@@ -1,0 +1,91 @@
+//! SIGTERM and SIGINT stop a running guest cleanly: exit 0 (as QEMU), one
+//! line on stderr, disks shut down and `--stats-json` written.
+
+mod common;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+
+fn stop_with(signal: libc::c_int) {
+    let dir = tempfile::tempdir().unwrap();
+    let img = write_file(dir.path(), "disk.img", &vec![0u8; 1 << 20]);
+    let stats = dir.path().join("stats.json");
+    let mut code = Asm::new();
+    // Prints, then halts with interrupts off: it never stops by itself.
+    code.com1().puts("ready\n").halt();
+    let image = elf(
+        LOAD_ADDR,
+        &[Segment {
+            addr: LOAD_ADDR,
+            bytes: code.bytes,
+        }],
+        None,
+    );
+    let kernel = write_file(dir.path(), "vmlinux", &image);
+    let drive = format!("file={}", img.display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args([
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--memory",
+            "32M",
+            "--drive",
+            &drive,
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 64];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if seen.ends_with(b"ready\n") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        let _ = child.kill();
+        panic!("guest never printed ready");
+    }
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "stderr: {stderr}");
+    assert_eq!(
+        stderr.trim_end(),
+        format!("ferrite: terminating on signal {signal}")
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert_eq!(v["disks"].as_array().map(Vec::len), Some(1), "{v}");
+}
+
+#[test]
+fn sigterm_stops_the_guest_cleanly() {
+    if kvm_available() {
+        stop_with(libc::SIGTERM);
+    }
+}
+
+#[test]
+fn sigint_stops_the_guest_cleanly() {
+    if kvm_available() {
+        stop_with(libc::SIGINT);
+    }
+}
