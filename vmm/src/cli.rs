@@ -61,6 +61,9 @@ pub struct Cli {
 pub enum Command {
     /// Compare what the cache modes and the I/O path cost (see `ferrite bench --help`).
     Bench(crate::bench::BenchArgs),
+    /// Boots the built-in probe guest on one scratch disk per cache mode and
+    /// shows what the guest saw and what the host did.
+    Demo(crate::demo::DemoArgs),
 }
 
 /// Options of a plain boot.

@@ -10,6 +10,7 @@ mod boot;
 mod cli;
 mod config;
 mod console;
+mod demo;
 mod disks;
 mod exit;
 mod kvm;
@@ -68,6 +69,7 @@ fn run(cli: Cli, stdin: console::Stdin) -> i32 {
     if let Some(command) = cli.command {
         return match command {
             cli::Command::Bench(args) => bench_status(&args),
+            cli::Command::Demo(args) => demo::run(args),
         };
     }
     let args = cli.vm;
@@ -78,7 +80,7 @@ fn run(cli: Cli, stdin: console::Stdin) -> i32 {
         fail(STATUS_USAGE, &line);
     }
     let cfg = vmm::VmConfig {
-        kernel,
+        kernel: boot::Kernel::File(kernel),
         initrd: args.initrd,
         cmdline: args
             .cmdline
@@ -87,7 +89,15 @@ fn run(cli: Cli, stdin: console::Stdin) -> i32 {
         cpus: args.cpus,
         drives: args.drives,
     };
-    let result = vmm::Vmm::new(&cfg).and_then(|vmm| {
+    run_vm(&cfg, args.stats_json.as_deref(), stdin)
+}
+
+/// Boots `cfg` with the console on stdin/stdout, writes `stats_json` if
+/// asked, prints the exit's line on stderr if it has one, and returns the
+/// exit status. Subcommands that boot a guest of their own (`demo`,
+/// `bench`) build a [`vmm::VmConfig`] and call this.
+fn run_vm(cfg: &vmm::VmConfig, stats_json: Option<&std::path::Path>, stdin: console::Stdin) -> i32 {
+    let result = vmm::Vmm::new(cfg).and_then(|vmm| {
         vmm::prepare_console(stdin)?;
         vmm.run(stdin)
     });
@@ -100,7 +110,8 @@ fn run(cli: Cli, stdin: console::Stdin) -> i32 {
         ),
         Err(e) => (STATUS_VMM_ERROR, Some(format!("ferrite: {e}")), Vec::new()),
     };
-    if let Some(path) = args.stats_json.as_deref() {
+    let _ = std::io::stdout().flush();
+    if let Some(path) = stats_json {
         let report = stats::StatsReport {
             exit_status: status,
             disks: disks
@@ -110,7 +121,9 @@ fn run(cli: Cli, stdin: console::Stdin) -> i32 {
                 .collect(),
         };
         if let Err(e) = stats::write(path, &report) {
-            let _ = std::io::stdout().flush();
+            if let Some(line) = line {
+                eprintln!("{line}");
+            }
             eprintln!("ferrite: {e}");
             return if status == 0 {
                 STATUS_VMM_ERROR
@@ -120,7 +133,6 @@ fn run(cli: Cli, stdin: console::Stdin) -> i32 {
         }
     }
     if let Some(line) = line {
-        let _ = std::io::stdout().flush();
         eprintln!("{line}");
     }
     status

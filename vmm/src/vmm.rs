@@ -22,7 +22,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::Killable;
 
-use crate::boot::{self, BootConfig, BootError};
+use crate::boot::{self, BootConfig, BootError, Kernel};
 use crate::config::DriveConfig;
 use crate::console::{self, EscapeFilter, Stdin};
 use crate::disks::{self, DiskError, DiskSlot};
@@ -37,7 +37,7 @@ use crate::signals::StopSignals;
 #[derive(Clone, Debug)]
 pub struct VmConfig {
     /// Kernel image.
-    pub kernel: PathBuf,
+    pub kernel: Kernel,
     /// Optional initrd.
     pub initrd: Option<PathBuf>,
     /// Kernel command line as the user gave it (disk entries are appended).

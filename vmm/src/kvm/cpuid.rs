@@ -13,6 +13,9 @@ use kvm_bindings::CpuId;
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 /// Leaf 1 EDX: the logical-processor count in EBX is valid.
 const LEAF1_EDX_HTT: u32 = 1 << 28;
+/// Leaf 0x80000001 ECX: CmpLegacy, the AMD way of saying "more than one
+/// core per package" (with HTT).
+const LEAF_80000001_ECX_CMP_LEGACY: u32 = 1 << 1;
 /// Extended topology level types (leaf 0xB / 0x1F, ECX bits 15:8).
 const LEVEL_SMT: u32 = 1;
 const LEVEL_CORE: u32 = 2;
@@ -60,10 +63,24 @@ pub fn adjust(cpuid: &mut CpuId, id: u8, count: u8) {
                 e.ecx = (level_type << 8) | (e.index & 0xff);
                 e.edx = apic_id;
             }
+            0x8000_0001 => {
+                if count > 1 {
+                    e.ecx |= LEAF_80000001_ECX_CMP_LEGACY;
+                } else {
+                    e.ecx &= !LEAF_80000001_ECX_CMP_LEGACY;
+                }
+            }
+            0x8000_0008 => {
+                // AMD: cores per package - 1 in ECX[7:0], APIC ID bits that
+                // number them in ECX[15:12].
+                e.ecx = (e.ecx & !0xf0ff) | (core_id_bits(count) << 12) | (count32 - 1);
+            }
             0x8000_001e => {
-                // AMD: extended APIC ID; one thread per core, core = vCPU.
+                // AMD extended APIC ID: one thread per core (EBX[15:8] = 0),
+                // core ID = vCPU, one node (ECX = node 0, 1 node per package).
                 e.eax = apic_id;
-                e.ebx = (e.ebx & 0xffff_ff00) | apic_id;
+                e.ebx = (e.ebx & 0xffff_0000) | (apic_id & 0xff);
+                e.ecx = 0;
             }
             _ => {}
         }
@@ -94,6 +111,8 @@ mod tests {
             entry(0xb, 1, 4, 8),
             entry(0xb, 2, 0, 0),
             entry(0x4000_0000, 0, 0x4000_0001, 0x4b4d_564b),
+            entry(0x8000_0001, 0, 0, 0),
+            entry(0x8000_0008, 0, 0x3030, 0),
         ])
         .unwrap()
     }
@@ -150,6 +169,27 @@ mod tests {
         adjust(&mut c, 0, 2);
         let hv = find(&c, 0x4000_0000, 0);
         assert_eq!((hv.eax, hv.ebx), (0x4000_0001, 0x4b4d_564b));
+    }
+
+    #[test]
+    fn amd_leaves_count_cores() {
+        let mut c = sample();
+        adjust(&mut c, 1, 6);
+        assert_ne!(
+            find(&c, 0x8000_0001, 0).ecx & LEAF_80000001_ECX_CMP_LEGACY,
+            0
+        );
+        let l8 = find(&c, 0x8000_0008, 0);
+        assert_eq!(l8.ecx & 0xff, 5);
+        assert_eq!((l8.ecx >> 12) & 0xf, 3);
+        assert_eq!(l8.eax, 0x3030, "address sizes kept");
+        let mut single = sample();
+        adjust(&mut single, 0, 1);
+        assert_eq!(
+            find(&single, 0x8000_0001, 0).ecx & LEAF_80000001_ECX_CMP_LEGACY,
+            0
+        );
+        assert_eq!(find(&single, 0x8000_0008, 0).ecx & 0xf0ff, 0);
     }
 
     #[test]

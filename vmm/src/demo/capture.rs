@@ -1,0 +1,121 @@
+//! The guest's serial output, captured in-process.
+//!
+//! ferrite's serial port writes to the process's stdout (fd 1), as a
+//! console should. The demo boots the probe in this process through the
+//! same `run_vm` a plain `ferrite --kernel` uses, so to read what the guest
+//! prints it points fd 1 at a pipe for the guest's lifetime; a reader thread
+//! folds each line into a [`ProbeReport`] and, with `--verbose`, echoes it
+//! to the real stdout as it comes. fd 1 is restored before the table is
+//! printed.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use super::output::ProbeReport;
+
+/// Why the output could not be captured.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot capture the guest's console: {what}: {source}")]
+pub struct CaptureError {
+    what: &'static str,
+    source: io::Error,
+}
+
+fn os_err(what: &'static str) -> CaptureError {
+    CaptureError {
+        what,
+        source: io::Error::last_os_error(),
+    }
+}
+
+/// Runs `boot` with fd 1 going into a pipe; returns what `boot` returned
+/// and the probe report built from every line written meanwhile.
+pub fn capture<T>(
+    verbose: bool,
+    boot: impl FnOnce() -> T,
+) -> Result<(T, ProbeReport), CaptureError> {
+    let _ = io::stdout().flush();
+    // SAFETY: dup of fd 1, which main keeps open (pointed at /dev/null if
+    // it was closed); the result is checked.
+    let saved = unsafe { libc::dup(1) };
+    if saved < 0 {
+        return Err(os_err("dup stdout"));
+    }
+    // SAFETY: `saved` is a new descriptor owned by nothing else.
+    let saved = unsafe { OwnedFd::from_raw_fd(saved) };
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 returns.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(os_err("create a pipe"));
+    }
+    // SAFETY: pipe2 succeeded: both are new descriptors owned by nothing else.
+    let (read_end, write_end) =
+        unsafe { (File::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let echo = saved.try_clone().map_err(|source| CaptureError {
+        what: "dup stdout",
+        source,
+    })?;
+    let reader = std::thread::Builder::new()
+        .name("demo-console".into())
+        .spawn(move || read_lines(read_end, verbose.then(|| File::from(echo))))
+        .map_err(|source| CaptureError {
+            what: "start a thread",
+            source,
+        })?;
+    // SAFETY: both descriptors are open; dup2 replaces fd 1 atomically.
+    if unsafe { libc::dup2(write_end.as_raw_fd(), 1) } < 0 {
+        return Err(os_err("redirect stdout"));
+    }
+    // fd 1 is now the only write end: the reader sees EOF once it is restored.
+    drop(write_end);
+    let result = boot();
+    let _ = io::stdout().flush();
+    // SAFETY: `saved` is open; this puts the original stdout back on fd 1
+    // and closes the pipe's last write end.
+    let restored = unsafe { libc::dup2(saved.as_raw_fd(), 1) };
+    if restored < 0 {
+        // Without its stdout the demo cannot report anything anyway.
+        return Err(os_err("restore stdout"));
+    }
+    let report = reader.join().unwrap_or_default();
+    Ok((result, report))
+}
+
+/// Reads lines until EOF into a report, echoing them if asked.
+fn read_lines(pipe: File, mut echo: Option<File>) -> ProbeReport {
+    let mut report = ProbeReport::default();
+    for line in BufReader::new(pipe).split(b'\n') {
+        let Ok(line) = line else { break };
+        let text = String::from_utf8_lossy(&line);
+        let text = text.trim_end_matches('\r');
+        report.feed(text);
+        if let Some(out) = echo.as_mut() {
+            // The echo is a courtesy; a closed stdout must not stop the guest.
+            let _ = writeln!(out, "{text}");
+        }
+    }
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The test harness captures print! itself, but writes to fd 1 directly
+    // (as the serial device's io::stdout() does) are what this catches.
+    #[test]
+    fn lines_written_to_fd1_reach_the_report() {
+        let (value, report) = capture(false, || {
+            let mut out = io::stdout();
+            let _ = out.write_all(b"noise\nPROBE info disk=0 features=0x200 capacity=8 blk_size=512 writeback=1 negotiated=0x200 queue_size=8\r\nPROBE ack seq=0\nPROBE verdict=pass reason=ok\n");
+            let _ = out.flush();
+            42
+        })
+        .unwrap();
+        assert_eq!(value, 42);
+        assert_eq!(report.acks, 1);
+        assert!(report.disks[0].info.unwrap().writeback);
+        assert!(report.verdict.unwrap().pass);
+    }
+}
