@@ -58,7 +58,7 @@ pub fn capture<T>(
     })?;
     let reader = std::thread::Builder::new()
         .name("demo-console".into())
-        .spawn(move || read_lines(read_end, verbose.then(|| File::from(echo))))
+        .spawn(move || read_lines(read_end, File::from(echo), verbose))
         .map_err(|source| CaptureError {
             what: "start a thread",
             source,
@@ -82,20 +82,34 @@ pub fn capture<T>(
     Ok((result, report))
 }
 
-/// Reads lines until EOF into a report, echoing them if asked.
-fn read_lines(pipe: File, mut echo: Option<File>) -> ProbeReport {
+/// Reads lines until EOF into a report, echoing them to `out` if
+/// `verbose`; otherwise says once that an endless stream has started, so
+/// that a quiet terminal does not look like a hang.
+fn read_lines(pipe: File, mut out: File, verbose: bool) -> ProbeReport {
     let mut report = ProbeReport::default();
+    let mut told = false;
     for line in BufReader::new(pipe).split(b'\n') {
         let Ok(line) = line else { break };
         let text = String::from_utf8_lossy(&line);
         let text = text.trim_end_matches('\r');
         report.feed(text);
-        if let Some(out) = echo.as_mut() {
-            // The echo is a courtesy; a closed stdout must not stop the guest.
+        // Writes to `out` are a courtesy: a closed stdout must not stop the guest.
+        if verbose {
             let _ = writeln!(out, "{text}");
+        } else if !told && is_endless_stream(text) {
+            told = true;
+            let _ = writeln!(
+                out,
+                "stream.count=0: writing until interrupted (Ctrl-C); --verbose shows each ack"
+            );
         }
     }
     report
+}
+
+/// The header line of a `stream` that never ends.
+fn is_endless_stream(line: &str) -> bool {
+    line.starts_with("PROBE stream ") && line.split_ascii_whitespace().any(|w| w == "count=0")
 }
 
 #[cfg(test)]
@@ -117,5 +131,16 @@ mod tests {
         assert_eq!(report.acks, 1);
         assert!(report.disks[0].info.unwrap().writeback);
         assert!(report.verdict.unwrap().pass);
+    }
+
+    #[test]
+    fn endless_stream_is_recognised() {
+        assert!(is_endless_stream(
+            "PROBE stream disk=0 count=0 depth=8 flush_every=0"
+        ));
+        assert!(!is_endless_stream(
+            "PROBE stream disk=0 count=10 depth=8 flush_every=0"
+        ));
+        assert!(!is_endless_stream("PROBE stream disk=0 acks=3 result=ok"));
     }
 }
