@@ -40,9 +40,11 @@ fn parse_trace(trace: &str, image: &Path) -> Vec<Call> {
     let mut image_fds: Vec<i64> = Vec::new();
     let mut calls = Vec::new();
     for raw in trace.lines() {
+        // strace pads the pid column: "123 call(" or "4567  call(".
         let Some((pid, rest)) = raw.split_once(' ') else {
             continue;
         };
+        let rest = rest.trim_start();
         let line = if let Some(head) = rest.strip_suffix(" <unfinished ...>") {
             pending.insert(pid.to_string(), head.to_string());
             continue;
@@ -337,7 +339,7 @@ fn io_uring_engine_opens_with_the_same_flags() {
 fn trace_parser_joins_split_calls() {
     let img = Path::new("/d/a.img");
     let trace = "\
-10 openat(AT_FDCWD, \"/d/a.img\", O_RDWR|O_CLOEXEC) = 7
+1000  openat(AT_FDCWD, \"/d/a.img\", O_RDWR|O_CLOEXEC) = 7
 10 openat(AT_FDCWD, \"/d/a.img\", O_RDWR|O_DIRECT|O_CLOEXEC <unfinished ...>
 11 pwritev2(3, [...], 1, 0, 0) = 4096
 10 <... openat resumed>) = 8
