@@ -116,22 +116,9 @@ fn is_endless_stream(line: &str) -> bool {
 mod tests {
     use super::*;
 
-    // The test harness captures print! itself, but writes to fd 1 directly
-    // (as the serial device's io::stdout() does) are what this catches.
-    #[test]
-    fn lines_written_to_fd1_reach_the_report() {
-        let (value, report) = capture(false, || {
-            let mut out = io::stdout();
-            let _ = out.write_all(b"noise\nPROBE info disk=0 features=0x200 capacity=8 blk_size=512 writeback=1 negotiated=0x200 queue_size=8\r\nPROBE ack seq=0\nPROBE verdict=pass reason=ok\n");
-            let _ = out.flush();
-            42
-        })
-        .unwrap();
-        assert_eq!(value, 42);
-        assert_eq!(report.acks, 1);
-        assert!(report.disks[0].info.unwrap().writeback);
-        assert!(report.verdict.unwrap().pass);
-    }
+    // capture() itself swaps the process's fd 1, which would swallow the
+    // test harness's own output; it is exercised end to end by
+    // vmm/tests/probe_demo.rs (the table and --verbose depend on it).
 
     #[test]
     fn endless_stream_is_recognised() {
