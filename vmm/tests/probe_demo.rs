@@ -126,3 +126,68 @@ fn demo_exit_status_follows_a_failing_probe() {
     let run = run_demo(&["--probe", "nosuch"]);
     assert_eq!(run.status, Some(2), "{}", run.describe());
 }
+
+#[test]
+fn endless_stream_stops_cleanly_on_ctrl_c() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+    if !kvm_usable() {
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let img = image(dir.path(), "disk.img", IMAGE_SIZE);
+    let d = drive(&img, "cache=writethrough");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args([
+            "demo",
+            "--drive",
+            &d,
+            "--probe",
+            "stream stream.count=0 stream.depth=4",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    // The demo says the stream is endless, and then it runs until stopped.
+    while !seen.contains("writing until interrupted") {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "EOF: {seen}");
+        seen.push_str(&line);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signals our own child, not yet reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    out.read_to_string(&mut seen).unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{seen}\n{err}");
+    let last = err.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("ferrite demo: stopped before the probe's verdict, after "),
+        "{err}"
+    );
+    assert!(
+        row(&seen, CacheMode::Writethrough).ends_with("stopped"),
+        "{seen}"
+    );
+    // Every write acknowledged so far is in the image.
+    let acks: u64 = last
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .expect("ack count");
+    assert!(acks > 0, "{err}");
+    let data = std::fs::read(&img).unwrap();
+    for seq in 0..acks.min(IMAGE_SIZE / 4096) {
+        assert!(stream_seq(&data[seq as usize * 4096..][..4096]).is_some());
+    }
+}

@@ -64,13 +64,19 @@ struct Reported {
 
 /// Runs the stream until `KILL_AFTER` acks (or the guest stops), kills
 /// ferrite with SIGKILL, and collects every line it printed.
-fn stream_and_kill(kernel: &Path, image: &Path, mode: CacheMode, flush_every: u64) -> Reported {
+fn stream_and_kill(
+    kernel: &Path,
+    image: &Path,
+    mode: CacheMode,
+    flush_every: u64,
+    aio: &str,
+) -> Reported {
     let cmdline =
         format!("probe=stream stream.count=0 stream.depth=4 stream.flush_every={flush_every}");
     let args = probe_args(
         kernel,
         &cmdline,
-        &[drive(image, &format!("cache={mode}"))],
+        &[drive(image, &format!("cache={mode},aio={aio}"))],
         &[],
     );
     let mut child: Child = Command::new(env!("CARGO_BIN_EXE_ferrite"))
@@ -141,17 +147,17 @@ fn lost(image: &[u8], must: impl IntoIterator<Item = u64>) -> Vec<u64> {
 
 /// One crash: stream, kill, power cut; returns what the guest was told,
 /// the backing image after the cut, and crashfs's counters.
-fn crash(mode: CacheMode, flush_every: u64) -> Option<(Reported, Vec<u8>, CrashStats)> {
+fn crash(mode: CacheMode, flush_every: u64, aio: &str) -> Option<(Reported, Vec<u8>, CrashStats)> {
     let m = mount()?;
     let kdir = tempfile::tempdir().unwrap();
     let kernel = probe_kernel(kdir.path());
-    let rep = stream_and_kill(&kernel, &m.fs.path("img"), mode, flush_every);
+    let rep = stream_and_kill(&kernel, &m.fs.path("img"), mode, flush_every, aio);
     let stats = m.fs.stats();
     m.fs.power_cut();
     let durable = std::fs::read(m.fs.backing_path("img")).unwrap();
     assert_eq!(durable.len() as u64, SIZE);
     eprintln!(
-        "{mode} (flush_every={flush_every}): killed after {} acks, last flushed {:?}; \
+        "{mode} (aio={aio}, flush_every={flush_every}): killed after {} acks, last flushed {:?}; \
          crashfs saw {} O_DIRECT opens, {} O_DIRECT writes, {} durable writes, {} fsyncs",
         rep.acked.len(),
         rep.last_flushed,
@@ -163,11 +169,11 @@ fn crash(mode: CacheMode, flush_every: u64) -> Option<(Reported, Vec<u8>, CrashS
     Some((rep, durable, stats))
 }
 
-fn check_durable(mode: CacheMode, flush_every: u64) {
+fn check_durable(mode: CacheMode, flush_every: u64, aio: &str) {
     if !kvm_usable() {
         return;
     }
-    let Some((rep, durable, stats)) = crash(mode, flush_every) else {
+    let Some((rep, durable, stats)) = crash(mode, flush_every, aio) else {
         return;
     };
     assert!(
@@ -205,24 +211,42 @@ fn check_durable(mode: CacheMode, flush_every: u64) {
     }
 }
 
+/// The engines to run: the thread pool, and io_uring where the kernel has it.
+fn engines() -> Vec<&'static str> {
+    if block::io_uring_supported() {
+        vec!["io_uring", "threads"]
+    } else {
+        eprintln!("io_uring is not available here: only aio=threads is checked");
+        vec!["threads"]
+    }
+}
+
 #[test]
 fn writethrough_keeps_every_acknowledged_write() {
-    check_durable(CacheMode::Writethrough, 0);
+    for aio in engines() {
+        check_durable(CacheMode::Writethrough, 0, aio);
+    }
 }
 
 #[test]
 fn directsync_keeps_every_acknowledged_write() {
-    check_durable(CacheMode::DirectSync, 0);
+    for aio in engines() {
+        check_durable(CacheMode::DirectSync, 0, aio);
+    }
 }
 
 #[test]
 fn writeback_keeps_every_flushed_write() {
-    check_durable(CacheMode::Writeback, FLUSH_EVERY);
+    for aio in engines() {
+        check_durable(CacheMode::Writeback, FLUSH_EVERY, aio);
+    }
 }
 
 #[test]
 fn none_keeps_every_flushed_write() {
-    check_durable(CacheMode::None, FLUSH_EVERY);
+    for aio in engines() {
+        check_durable(CacheMode::None, FLUSH_EVERY, aio);
+    }
 }
 
 /// The check above is not vacuous: where nothing is promised, writes the
@@ -232,7 +256,7 @@ fn unsafe_and_unflushed_writeback_lose_acknowledged_writes() {
     if !kvm_usable() {
         return;
     }
-    let Some((rep, durable, _)) = crash(CacheMode::Unsafe, FLUSH_EVERY) else {
+    let Some((rep, durable, _)) = crash(CacheMode::Unsafe, FLUSH_EVERY, "threads") else {
         return;
     };
     let flushed = rep.last_flushed.expect("unsafe: a flush completed");
@@ -241,7 +265,7 @@ fn unsafe_and_unflushed_writeback_lose_acknowledged_writes() {
         !missing.is_empty(),
         "unsafe: every flushed write survived the power cut, so the check could not fail"
     );
-    let Some((rep, durable, _)) = crash(CacheMode::Writeback, 0) else {
+    let Some((rep, durable, _)) = crash(CacheMode::Writeback, 0, "threads") else {
         return;
     };
     let missing = lost(&durable, rep.acked.iter().copied());

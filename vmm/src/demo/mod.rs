@@ -257,6 +257,7 @@ fn demo(args: &DemoArgs) -> Result<i32, DemoError> {
             read_only: d.config.read_only,
             view: report.disks.get(i),
             host: HostCounts::from_stats(&stats, i),
+            finished: report.verdict.is_some(),
         })
         .collect();
     println!();
@@ -299,6 +300,13 @@ fn conclude(report: &ProbeReport, status: i32, secs: f64) -> (i32, String) {
             format!(
                 "ferrite demo: probe verdict {} but ferrite exited with status {status}",
                 if v.pass { "pass" } else { "fail" }
+            ),
+        ),
+        None if report.acks > 0 => (
+            1,
+            format!(
+                "ferrite demo: stopped before the probe's verdict, after {} acknowledged writes",
+                report.acks
             ),
         ),
         None => (

@@ -49,6 +49,9 @@ pub struct Row<'a> {
     pub view: Option<&'a DiskView>,
     /// What the host counted.
     pub host: Option<HostCounts>,
+    /// Whether the probe reached its verdict (a disk without a failure
+    /// in a run that was stopped is not a pass).
+    pub finished: bool,
 }
 
 /// What a completed guest write means in this row (the guest's write cache
@@ -78,12 +81,13 @@ fn wce_cell(view: &DiskView) -> String {
     }
 }
 
-fn verdict_cell(view: Option<&DiskView>) -> String {
+fn verdict_cell(view: Option<&DiskView>, finished: bool) -> String {
     match view {
         None => "no report".to_string(),
         Some(v) => match v.failure() {
             Some(reason) => format!("FAIL: {reason}"),
             None if v.info.is_none() => "no report".to_string(),
+            None if !finished => "stopped".to_string(),
             None => "pass".to_string(),
         },
     }
@@ -127,7 +131,7 @@ pub fn render(rows: &[Row<'_>], show_names: bool) -> String {
             num(|h| h.writes),
             num(|h| h.flushes),
             syncs,
-            verdict_cell(r.view),
+            verdict_cell(r.view, r.finished),
         ];
         if show_names {
             row.insert(0, r.name.clone());
@@ -201,6 +205,7 @@ mod tests {
                     fdatasyncs: 1,
                     dsync_writes: 3,
                 }),
+                finished: true,
             },
             Row {
                 name: "b.img".into(),
@@ -208,6 +213,7 @@ mod tests {
                 read_only: false,
                 view: report.disks.get(1),
                 host: None,
+                finished: true,
             },
         ];
         let text = render(&rows, false);
@@ -227,5 +233,12 @@ mod tests {
         let col = lines[0].find("host open flags").unwrap();
         assert_eq!(&lines[1][col..col + 6], "O_RDWR");
         assert!(render(&rows, true).starts_with("disk "));
+        let mut stopped = rows[0].clone();
+        stopped.finished = false;
+        assert!(render(&[stopped], false)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .ends_with("stopped"));
     }
 }
