@@ -1,11 +1,14 @@
 //! `ferrite bench`: what the cache modes and the VMM cost.
 //!
+//! - default ([`guest`]): the probe guest streams writes on a scratch image
+//!   once per cache mode; guest-side rates, host syncs per write, durability.
 //! - `--io-path` ([`io_path`]): the host-side I/O path (device, transport,
 //!   I/O thread, `block`) driven in-process, against `fio` on the same file.
 //!
 //! Shared pieces: [`stats`] (percentiles, medians, thread CPU time) and
 //! [`host`] (emulated-KVM detection, a scratch directory that does O_DIRECT).
 
+pub mod guest;
 pub mod host;
 pub mod io_path;
 pub mod stats;
@@ -49,9 +52,24 @@ pub struct BenchArgs {
     /// randwrite-4k-qd32, randread-4k-qd1, randread-4k-qd32, seqwrite-1m-qd1.
     #[arg(long, value_name = "NAMES", value_delimiter = ',')]
     pub workloads: Vec<String>,
-    /// How the in-process driver waits for completions.
+    /// How the in-process driver waits for completions (--io-path).
     #[arg(long, value_enum, default_value = "irq")]
     pub wait: WaitMode,
+    /// Scratch image for the probe guest [default: a temporary file in the
+    /// scratch directory]; created at --size if missing (then removed).
+    #[arg(long, value_name = "PATH", conflicts_with = "io_path")]
+    pub image: Option<PathBuf>,
+    /// Writes the probe guest makes per cache mode.
+    #[arg(long, value_name = "N", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(2..))]
+    pub count: u32,
+    /// Probe guest writes in flight (1 to 8).
+    #[arg(long, value_name = "D", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub depth: u32,
+    /// Also write the probe guest's table as JSON to PATH.
+    #[arg(long, value_name = "PATH", conflicts_with = "io_path")]
+    pub json: Option<PathBuf>,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -118,9 +136,7 @@ fn io_path_config(args: &BenchArgs) -> Result<IoPathConfig, BenchError> {
 /// Runs the benchmark the arguments ask for; returns the exit status.
 pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
     if !args.io_path {
-        return Err(BenchError::Usage(
-            "ferrite bench: pass --io-path (the guest-side comparison needs the probe guest with disks)".into(),
-        ));
+        return guest_bench(args);
     }
     let cfg = io_path_config(args)?;
     if let Some(why) = host::kvm_emulated() {
@@ -128,6 +144,71 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
     }
     let stdout = std::io::stdout();
     io_path::run(&cfg, &mut stdout.lock()).map(|_| ())
+}
+
+/// A directory of this run's own, removed with everything in it at the end.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn create(parent: &std::path::Path) -> Result<ScratchDir, BenchError> {
+        let path = parent.join(format!("ferrite-bench-{}", std::process::id()));
+        std::fs::create_dir(&path).map_err(|source| BenchError::Image {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(ScratchDir(path))
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The probe guest once per cache mode.
+fn guest_bench(args: &BenchArgs) -> Result<(), BenchError> {
+    let dir = host::scratch_dir(args.dir.as_deref()).map_err(BenchError::Usage)?;
+    let scratch = ScratchDir::create(&dir)?;
+    let cfg = guest::GuestConfig {
+        image: args
+            .image
+            .clone()
+            .unwrap_or_else(|| scratch.path().join("scratch.img")),
+        size: args.size.min(1 << 30),
+        count: args.count,
+        depth: args.depth,
+        modes: if args.modes.is_empty() {
+            CacheMode::ALL.to_vec()
+        } else {
+            args.modes.clone()
+        },
+    };
+    let report = guest::run(&cfg, scratch.path())?;
+    let stdout = std::io::stdout();
+    let io = |e: std::io::Error| BenchError::Image {
+        path: "stdout".into(),
+        source: e,
+    };
+    guest::render(&report, &mut stdout.lock()).map_err(io)?;
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| io(e.into()))?;
+        std::fs::write(path, text + "\n").map_err(|source| BenchError::Image {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    if let Some(bad) = report.rows.iter().find(|r| r.verdict != "pass") {
+        return Err(BenchError::Device(format!(
+            "the probe guest in {} ended with verdict {}",
+            bad.mode, bad.verdict
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
