@@ -263,7 +263,8 @@ fn demo(args: &DemoArgs) -> Result<i32, DemoError> {
     println!();
     print!("{}", table::render(&rows, !args.drives.is_empty()));
     println!();
-    println!("FLUSH, WCE: as the guest saw them (FLUSH negotiated; WCE = the writeback byte at start, 1 = the guest has a volatile write cache).");
+    println!("FLUSH, WCE: as the guest saw them (FLUSH negotiated; WCE = the writeback byte at start, 1 = the guest has a volatile write cache);");
+    println!("WCE 0/1: the guest turned the write cache off and on and read it back each time.");
     println!("writes, flushes: requests completed (flushes include the one ferrite makes at exit, except in unsafe);");
     println!("host syncs: fdatasync calls + O_DSYNC/RWF_DSYNC writes (both from ferrite's per-disk stats).");
     if report.acks > 0 {
