@@ -345,3 +345,23 @@ fn an_initrd_too_big_for_memory_is_refused() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("does not fit"), "{stderr}");
 }
+
+#[test]
+fn a_guest_kvm_cannot_run_is_a_one_line_vmm_error() {
+    if !kvm_available() {
+        return;
+    }
+    // Jump into the device hole where nothing is mapped: KVM cannot fetch
+    // instructions from MMIO and gives up on the vCPU.
+    let mut code = Asm::new();
+    code.com1().puts("jumping\n");
+    code.bytes.extend([0xb8, 0x00, 0x00, 0x00, 0xc0]); // mov eax, 0xc0000000
+    code.bytes.extend([0xff, 0xe0]); // jmp rax
+    let out = run_kernel(&elf64(code.bytes), "vmlinux", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "jumping\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("ferrite: vCPU 0: "), "{stderr}");
+    assert!(stderr.contains(" at RIP 0x"), "{stderr}");
+}
