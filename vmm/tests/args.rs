@@ -134,6 +134,18 @@ fn malformed_arguments_fail_with_one_line() {
             1,
             "neither an ELF",
         ),
+        case(
+            "missing drive file",
+            &["--kernel", good, "--drive", "file=/nonexistent/disk.img"],
+            1,
+            "/nonexistent/disk.img",
+        ),
+        case(
+            "missing initrd",
+            &["--kernel", good, "--initrd", "/nonexistent/initrd"],
+            1,
+            "/nonexistent/initrd",
+        ),
     ];
     for c in &cases {
         check(c);
