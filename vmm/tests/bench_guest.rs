@@ -84,3 +84,55 @@ fn probe_stream_table_and_json() {
         .collect();
     assert_eq!(left, [std::ffi::OsString::from("bench.json")]);
 }
+
+#[test]
+fn overhead_reports_memory_beyond_guest_and_start_time() {
+    if !std::path::Path::new("/dev/kvm").exists() {
+        eprintln!("SKIP: no /dev/kvm");
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args(["bench", "--overhead", "--repeats", "2"])
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .expect("run ferrite");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value = |prefix: &str, key: &str| -> f64 {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix}: {stdout}"));
+        let v = line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}: {line}"));
+        v.trim_end_matches("MiB")
+            .parse()
+            .unwrap_or_else(|e| panic!("{key}: {e}: {line}"))
+    };
+    // Something is resident besides guest RAM (at least the binary's text),
+    // and it is far less than the 128 MiB guest.
+    let rss = value("memory: guest=", "rss_beyond_guest");
+    assert!(rss > 0.1 && rss < 128.0, "{stdout}");
+    assert!(
+        value("memory: guest=", "pss_beyond_guest") > 0.0,
+        "{stdout}"
+    );
+    let ms = value("start:", "median");
+    assert!(ms > 0.0 && ms < 10_000.0, "{stdout}");
+    assert!(
+        stdout.contains("runs=5"),
+        "at least five start-time runs: {stdout}"
+    );
+    assert!(
+        std::fs::read_dir(dir.path()).expect("dir").next().is_none(),
+        "scratch left behind"
+    );
+}

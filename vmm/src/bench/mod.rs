@@ -4,6 +4,8 @@
 //!   once per cache mode; guest-side rates, host syncs per write, durability.
 //! - `--io-path` ([`io_path`]): the host-side I/O path (device, transport,
 //!   I/O thread, `block`) driven in-process, against `fio` on the same file.
+//! - `--overhead` ([`overhead`]): ferrite's resident memory beyond guest RAM
+//!   and its time from start to the first KVM_RUN.
 //!
 //! Shared pieces: [`stats`] (percentiles, medians, thread CPU time) and
 //! [`host`] (emulated-KVM detection, a scratch directory that does O_DIRECT).
@@ -11,6 +13,7 @@
 pub mod guest;
 pub mod host;
 pub mod io_path;
+pub mod overhead;
 pub mod stats;
 
 use std::path::PathBuf;
@@ -29,6 +32,10 @@ pub struct BenchArgs {
     /// against fio on the same file, per cache mode, engine and workload.
     #[arg(long)]
     pub io_path: bool,
+    /// Measure ferrite's own cost: resident memory beyond a 128 MiB probe
+    /// guest's RAM, and the time from start to the first KVM_RUN.
+    #[arg(long, conflicts_with = "io_path")]
+    pub overhead: bool,
     /// Directory for the scratch image (must accept O_DIRECT; default: the
     /// first of $TMPDIR, /tmp, /var/tmp, . on a disk-backed file system).
     #[arg(long, value_name = "PATH")]
@@ -135,6 +142,12 @@ fn io_path_config(args: &BenchArgs) -> Result<IoPathConfig, BenchError> {
 
 /// Runs the benchmark the arguments ask for; returns the exit status.
 pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
+    if args.overhead {
+        let dir = host::scratch_dir(args.dir.as_deref()).map_err(BenchError::Usage)?;
+        let scratch = ScratchDir::create(&dir)?;
+        let stdout = std::io::stdout();
+        return overhead::run(scratch.path(), args.repeats.max(5), &mut stdout.lock());
+    }
     if !args.io_path {
         return guest_bench(args);
     }

@@ -187,6 +187,9 @@ pub fn install_kick_handler() -> Result<(), KvmError> {
 pub fn run_loop(vcpu: &mut VcpuFd, id: u8, pio: &Bus, mmio: &Bus, stop: &AtomicBool) -> VcpuEnd {
     let run: *mut kvm_run = vcpu.get_kvm_run();
     KVM_RUN.with(|p| p.set(run));
+    if id == 0 {
+        crate::bench::overhead::note_first_kvm_run();
+    }
     let end = dispatch(vcpu, id, pio, mmio, stop);
     KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
     end
