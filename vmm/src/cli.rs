@@ -58,7 +58,13 @@ pub struct Cli {
 
 /// Subcommands besides booting a kernel.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Compare what the cache modes and the I/O path cost (see `ferrite bench --help`).
+    Bench(crate::bench::BenchArgs),
+    /// Boots the built-in probe guest on one scratch disk per cache mode and
+    /// shows what the guest saw and what the host did.
+    Demo(crate::demo::DemoArgs),
+}
 
 /// Options of a plain boot.
 #[derive(Debug, Args)]

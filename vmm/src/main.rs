@@ -5,10 +5,12 @@
 //! stderr for a VMM error, 2 with one line for bad arguments. Every path
 //! restores the terminal and writes `--stats-json`.
 
+mod bench;
 mod boot;
 mod cli;
 mod config;
 mod console;
+mod demo;
 mod disks;
 mod exit;
 mod kvm;
@@ -65,7 +67,10 @@ fn fail(status: i32, line: &str) -> ! {
 /// Boots the guest; returns the exit status.
 fn run(cli: Cli, stdin: console::Stdin) -> i32 {
     if let Some(command) = cli.command {
-        match command {}
+        return match command {
+            cli::Command::Bench(args) => bench_status(&args),
+            cli::Command::Demo(args) => demo::run(args),
+        };
     }
     let args = cli.vm;
     let Some(kernel) = args.kernel else {
@@ -131,6 +136,21 @@ fn run_vm(cfg: &vmm::VmConfig, stats_json: Option<&std::path::Path>, stdin: cons
         eprintln!("{line}");
     }
     status
+}
+
+/// Runs `ferrite bench`; its errors are one line, usage errors status 2.
+fn bench_status(args: &bench::BenchArgs) -> i32 {
+    match bench::run(args) {
+        Ok(()) => 0,
+        Err(e @ bench::io_path::BenchError::Usage(_)) => {
+            eprintln!("ferrite: {e}");
+            STATUS_USAGE
+        }
+        Err(e) => {
+            eprintln!("ferrite: {e}");
+            STATUS_VMM_ERROR
+        }
+    }
 }
 
 /// Argument checks clap cannot do: the number of drives, and the same image
