@@ -156,6 +156,19 @@ impl Vmm {
             DEBUG_EXIT_PORT,
             DEBUG_EXIT_LEN,
         )?;
+        // The kernel first: a bad image fails before any disk thread starts.
+        let cmdline = kernel_cmdline(&cfg.cmdline, cfg.drives.len());
+        let entry = boot::load(
+            &mem,
+            &BootConfig {
+                kernel: &cfg.kernel,
+                initrd: cfg.initrd.as_deref(),
+                cmdline: &cmdline,
+                mem_size: cfg.mem_size,
+            },
+        )?;
+        mptable::write(&mem, cfg.cpus)?;
+
         let mut mmio = Bus::new();
         let mut disks = Vec::with_capacity(cfg.drives.len());
         for (index, drive) in cfg.drives.iter().enumerate() {
@@ -168,18 +181,6 @@ impl Vmm {
                 drive,
             )?);
         }
-
-        let cmdline = kernel_cmdline(&cfg.cmdline, cfg.drives.len());
-        let entry = boot::load(
-            &mem,
-            &BootConfig {
-                kernel: &cfg.kernel,
-                initrd: cfg.initrd.as_deref(),
-                cmdline: &cmdline,
-                mem_size: cfg.mem_size,
-            },
-        )?;
-        mptable::write(&mem, cfg.cpus)?;
 
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
