@@ -123,6 +123,12 @@ fn tiny_io_path_run_prints_one_line_per_case_with_ratios() {
             }
         }
     }
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("# targets ") && l.contains("in ") && l.contains("/6 cases")),
+        "no targets summary over the 6 covered cases: {stdout}"
+    );
     // The scratch image is gone.
     let left: Vec<_> = std::fs::read_dir(dir.path())
         .expect("read dir")

@@ -48,7 +48,10 @@ pub fn configure(
     boot: Option<EntryPoint>,
 ) -> Result<(), KvmError> {
     let mut cpuid = supported.clone();
-    cpuid::adjust(&mut cpuid, id, count);
+    cpuid::adjust(&mut cpuid, id, count).map_err(|e| KvmError::Build {
+        what: "CPUID",
+        detail: format!("{e:?}"),
+    })?;
     vcpu.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
 
     let list = msrs::boot_msr_list().map_err(|e| KvmError::Build {

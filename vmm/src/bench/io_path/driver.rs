@@ -65,11 +65,19 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 /// How the driver learns about completions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum WaitMode {
-    /// Sleep on the interrupt eventfd (the irqfd path of a VM).
+    /// Sleep on the interrupt eventfd at once (the irqfd path of a VM whose
+    /// vCPU halts without polling).
     Irq,
+    /// Spin on the used ring for up to 200 µs, then sleep on the interrupt
+    /// eventfd: a halted vCPU under KVM's default halt polling
+    /// (`halt_poll_ns` = 200000).
+    Hybrid,
     /// Spin on the used ring (a polling guest driver).
     Poll,
 }
+
+/// How long `Hybrid` spins before sleeping (KVM's default halt_poll_ns).
+const HALT_POLL: Duration = Duration::from_micros(200);
 
 /// What one request does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -405,15 +413,26 @@ impl Driver {
 
     /// Waits until at least one used entry is there, then takes them all.
     pub fn wait(&mut self, out: &mut Vec<Done>) -> Result<usize, BenchError> {
-        let deadline = Instant::now() + TIMEOUT;
+        let start = Instant::now();
+        let deadline = start + TIMEOUT;
         loop {
             let n = self.reap(out)?;
             if n > 0 {
+                if self.wait != WaitMode::Poll {
+                    // Interrupts stay on, as for a guest that halts: the
+                    // device raises one for the next completion.
+                    self.set_used_event()?;
+                }
                 return Ok(n);
             }
-            match self.wait {
-                WaitMode::Poll => std::hint::spin_loop(),
-                WaitMode::Irq => {
+            let spin = match self.wait {
+                WaitMode::Poll => true,
+                WaitMode::Hybrid => start.elapsed() < HALT_POLL,
+                WaitMode::Irq => false,
+            };
+            match spin {
+                true => std::hint::spin_loop(),
+                false => {
                     // Re-arm, then look again before sleeping: an entry added
                     // before used_event was visible sent no interrupt.
                     self.set_used_event()?;

@@ -256,6 +256,7 @@ pub fn run(cfg: &IoPathConfig, out: &mut dyn Write) -> Result<Vec<String>, Bench
         ),
     );
     let mut lines = Vec::new();
+    let mut targets = Targets::default();
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     for &mode in &cfg.modes {
         for &engine in &cfg.engines {
@@ -282,13 +283,43 @@ pub fn run(cfg: &IoPathConfig, out: &mut dyn Write) -> Result<Vec<String>, Bench
                         settle(&path)?;
                     }
                 }
-                let l = line(mode, engine, wl, &medians(&fs), &medians(&os));
+                let (f, o) = (medians(&fs), medians(&os));
+                let l = line(mode, engine, wl, &f, &o);
                 wr(out, &l);
                 lines.push(l);
+                targets.count(engine, wl, &f, &o);
             }
         }
     }
+    wr(out, &targets.summary());
     Ok(lines)
+}
+
+/// Issue 7's targets: ferrite ≥ 0.90 of fio's IOPS and p99 ≤ 1.2× fio's,
+/// at QD1 (every engine) and QD32 (io_uring).
+#[derive(Debug, Default)]
+struct Targets {
+    cases: usize,
+    iops_met: usize,
+    p99_met: usize,
+}
+
+impl Targets {
+    fn count(&mut self, engine: EngineKind, wl: &Workload, f: &Sample, o: &Sample) {
+        if wl.bs != 4096 || (wl.qd > 1 && engine != EngineKind::IoUring) {
+            return;
+        }
+        self.cases += 1;
+        self.iops_met += usize::from(f.iops >= 0.9 * o.iops);
+        self.p99_met += usize::from(f.p99_us <= 1.2 * o.p99_us);
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "# targets (4 KiB, QD1 all engines, QD32 io_uring): ratio>=0.90 in {}/{} cases, p99<=1.2x fio in {}/{}",
+            self.iops_met, self.cases, self.p99_met, self.cases
+        )
+    }
 }
 
 #[cfg(test)]
@@ -317,6 +348,44 @@ mod tests {
             "{l}"
         );
         assert!(l.ends_with(" p99_ratio=1.20 ratio=0.90"), "{l}");
+    }
+
+    #[test]
+    fn targets_count_only_the_cases_they_cover() {
+        let s = |iops, p99_us| Sample {
+            iops,
+            p50_us: 1.0,
+            p99_us,
+            driver_us: 0.0,
+            device_us: 0.0,
+        };
+        let mut t = Targets::default();
+        t.count(
+            EngineKind::Sync,
+            &WORKLOADS[0],
+            &s(95.0, 10.0),
+            &s(100.0, 10.0),
+        );
+        t.count(
+            EngineKind::IoUring,
+            &WORKLOADS[1],
+            &s(80.0, 13.0),
+            &s(100.0, 10.0),
+        );
+        t.count(
+            EngineKind::Sync,
+            &WORKLOADS[1],
+            &s(1.0, 99.0),
+            &s(100.0, 10.0),
+        );
+        t.count(
+            EngineKind::IoUring,
+            &WORKLOADS[4],
+            &s(1.0, 99.0),
+            &s(100.0, 10.0),
+        );
+        assert_eq!((t.cases, t.iops_met, t.p99_met), (2, 1, 1));
+        assert!(t.summary().contains("in 1/2 cases"), "{}", t.summary());
     }
 
     #[test]
