@@ -450,8 +450,37 @@ impl Disk {
         self.push(slot, op);
     }
 
+    /// Whether `op` is a plain buffered write (page cache, no sync per
+    /// write) that the io_uring engine should not carry. Such a write only
+    /// copies into the page cache, but io_uring hands it to an io-wq worker
+    /// thread on file systems without async buffered writes (ext4 among
+    /// them): two thread switches per write, more than the copy itself.
+    /// Measured with `ferrite bench --io-path`, 4 KiB random writes in
+    /// `writeback`: 3-4x the IOPS at queue depth 1 done here on the disk's
+    /// thread, as the sync engine does.
+    fn write_inline(&self, op: &HostOp) -> bool {
+        matches!(op, HostOp::Writev { dsync: false, .. })
+            && !self.cache.direct()
+            && !self.fd_dsync
+            && self.engine.kind() == EngineKind::IoUring
+    }
+
     /// Pushes the next host operation of the request in `slot`.
     fn push(&mut self, slot: usize, op: HostOp) {
+        if self.write_inline(&op) {
+            // SAFETY: as below for the engine: the memory `op` names is
+            // owned by the request in `slot` or covered by submit's
+            // contract, and nobody else touches it during the call.
+            let res = unsafe { engine::run_now(self.file.as_raw_fd(), op) };
+            // A short write pushes its rest, which comes back here.
+            self.advance(RawCompletion {
+                tag: slot as u64,
+                res,
+            });
+            // Completions are collected through the eventfd, as the ring's.
+            let _ = self.eventfd.write(1);
+            return;
+        }
         // SAFETY: every pointer in `op` names memory owned by the request in
         // `slot` (iovecs, bounce buffer) or caller memory under submit's
         // contract; the slot is only emptied when this tag's completion is
@@ -700,6 +729,104 @@ mod tests {
         // WCE=0 in writeback/none is served by RWF_DSYNC, not a reopen.
         assert!(!dsync_fd(CacheMode::None, false));
         assert!(!dsync_fd(CacheMode::Unsafe, false));
+    }
+
+    #[test]
+    fn buffered_writes_without_sync_bypass_the_ring() {
+        if !crate::io_uring_supported() {
+            eprintln!("SKIP: no io_uring here");
+            return;
+        }
+        let f = tempfile::NamedTempFile::new_in(env!("CARGO_MANIFEST_DIR")).expect("temp");
+        f.as_file().set_len(1 << 20).expect("size");
+        let open = |cache| {
+            let mut cfg = DiskConfig::new(f.path());
+            cfg.cache = cache;
+            cfg.engine = Some(EngineKind::IoUring);
+            Disk::open(&cfg)
+        };
+        let op = HostOp::Writev {
+            iov: std::ptr::null(),
+            count: 0,
+            offset: 0,
+            dsync: false,
+        };
+        let dsync_op = HostOp::Writev {
+            iov: std::ptr::null(),
+            count: 0,
+            offset: 0,
+            dsync: true,
+        };
+        for (mode, inline) in [
+            (CacheMode::Writeback, true),
+            (CacheMode::Unsafe, true),
+            (CacheMode::Writethrough, false),
+        ] {
+            let mut d = open(mode).expect("open");
+            assert_eq!(d.write_inline(&op), inline, "{mode}");
+            assert!(
+                !d.write_inline(&dsync_op),
+                "{mode}: RWF_DSYNC writes stay on the ring"
+            );
+            assert!(!d.write_inline(&HostOp::Fdatasync), "{mode}");
+            if mode == CacheMode::Writeback {
+                // WCE off: durable writes go to the ring (RWF_DSYNC).
+                d.set_write_cache(false).expect("wce off");
+                let mut buf = vec![0xabu8; 8192];
+                let seg = crate::Segment {
+                    addr: buf.as_mut_ptr(),
+                    len: 4096,
+                };
+                // SAFETY: `buf` outlives the request, which wait_idle ends.
+                unsafe {
+                    d.submit(
+                        Op::Write {
+                            offset: 0,
+                            segments: vec![seg],
+                        },
+                        1,
+                    )
+                }
+                .expect("submit");
+                let mut done = Vec::new();
+                d.wait_idle(&mut done);
+                assert_eq!(done.len(), 1);
+                assert_eq!(d.stats().dsync_writes, 1);
+            }
+        }
+        // An inline write completes at submit, signals the eventfd, and
+        // its data is in the file.
+        let mut d = open(CacheMode::Writeback).expect("open");
+        let mut buf = vec![0x5au8; 4096];
+        let seg = crate::Segment {
+            addr: buf.as_mut_ptr(),
+            len: buf.len(),
+        };
+        // SAFETY: `buf` outlives the request, which completes before
+        // drain_completions returns it below.
+        unsafe {
+            d.submit(
+                Op::Write {
+                    offset: 8192,
+                    segments: vec![seg],
+                },
+                7,
+            )
+        }
+        .expect("submit");
+        assert_eq!(d.eventfd.read().ok(), Some(1), "completion signalled");
+        d.eventfd.write(1).expect("re-signal");
+        let mut done = Vec::new();
+        d.drain_completions(&mut done);
+        assert_eq!(done.len(), 1);
+        assert_eq!(
+            (done[0].user_data, done[0].result.as_ref().ok()),
+            (7, Some(&4096))
+        );
+        assert_eq!(d.in_flight(), 0);
+        let data = std::fs::read(f.path()).expect("read");
+        assert!(data[8192..12288].iter().all(|&b| b == 0x5a));
+        assert_eq!(d.stats().writes, 1);
     }
 
     #[test]

@@ -171,6 +171,8 @@ impl CrashFs {
     /// durability step of `O_DSYNC` writes. Like Linux after a writeback
     /// error, the data that was dirty stays readable but is no longer dirty:
     /// a later fsync succeeds without writing it and a power cut loses it.
+    /// Counting for [`Fault::after`]: an `O_DSYNC` write is one sync, and the
+    /// fsync the kernel sends after it (on success) is another.
     pub fn fail_fsyncs(&self, fault: Option<Fault>) {
         self.shared.lock().fsync_fault.set(fault);
     }

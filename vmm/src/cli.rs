@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, DriveConfig};
-use crate::exit::STATUS_USAGE;
 
 /// The kernel command line used when `--cmdline` is not given.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
@@ -58,7 +57,13 @@ pub struct Cli {
 
 /// Subcommands besides booting a kernel.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Compare what the cache modes and the I/O path cost (see `ferrite bench --help`).
+    Bench(crate::bench::BenchArgs),
+    /// Boots the built-in probe guest on one scratch disk per cache mode and
+    /// shows what the guest saw and what the host did.
+    Demo(crate::demo::DemoArgs),
+}
 
 /// Options of a plain boot.
 #[derive(Debug, Args)]
@@ -110,16 +115,6 @@ pub enum ParseOutcome {
     Info(String),
     /// A usage error: one line for stderr, status 2.
     Usage(String),
-}
-
-impl ParseOutcome {
-    /// The exit status that goes with this outcome.
-    pub fn status(&self) -> i32 {
-        match self {
-            ParseOutcome::Info(_) => 0,
-            ParseOutcome::Usage(_) => STATUS_USAGE,
-        }
-    }
 }
 
 /// Parses the arguments; usage errors come back as one line.

@@ -5,10 +5,12 @@
 //! stderr for a VMM error, 2 with one line for bad arguments. Every path
 //! restores the terminal and writes `--stats-json`.
 
+mod bench;
 mod boot;
 mod cli;
 mod config;
 mod console;
+mod demo;
 mod disks;
 mod exit;
 mod kvm;
@@ -41,12 +43,7 @@ fn main() {
             let _ = std::io::stdout().flush();
             std::process::exit(0);
         }
-        Err(usage @ ParseOutcome::Usage(_)) => {
-            let ParseOutcome::Usage(ref line) = usage else {
-                unreachable!()
-            };
-            fail(usage.status(), line);
-        }
+        Err(ParseOutcome::Usage(line)) => fail(STATUS_USAGE, &line),
     };
     let status = run(cli, stdin);
     console::restore_terminal();
@@ -65,7 +62,10 @@ fn fail(status: i32, line: &str) -> ! {
 /// Boots the guest; returns the exit status.
 fn run(cli: Cli, stdin: console::Stdin) -> i32 {
     if let Some(command) = cli.command {
-        match command {}
+        return match command {
+            cli::Command::Bench(args) => bench_status(&args),
+            cli::Command::Demo(args) => demo::run(args),
+        };
     }
     let args = cli.vm;
     let Some(kernel) = args.kernel else {
@@ -75,7 +75,7 @@ fn run(cli: Cli, stdin: console::Stdin) -> i32 {
         fail(STATUS_USAGE, &line);
     }
     let cfg = vmm::VmConfig {
-        kernel,
+        kernel: boot::Kernel::File(kernel),
         initrd: args.initrd,
         cmdline: args
             .cmdline
@@ -84,7 +84,15 @@ fn run(cli: Cli, stdin: console::Stdin) -> i32 {
         cpus: args.cpus,
         drives: args.drives,
     };
-    let result = vmm::Vmm::new(&cfg).and_then(|vmm| {
+    run_vm(&cfg, args.stats_json.as_deref(), stdin)
+}
+
+/// Boots `cfg` with the console on stdin/stdout, writes `stats_json` if
+/// asked, prints the exit's line on stderr if it has one, and returns the
+/// exit status. Subcommands that boot a guest of their own (`demo`,
+/// `bench`) build a [`vmm::VmConfig`] and call this.
+fn run_vm(cfg: &vmm::VmConfig, stats_json: Option<&std::path::Path>, stdin: console::Stdin) -> i32 {
+    let result = vmm::Vmm::new(cfg).and_then(|vmm| {
         vmm::prepare_console(stdin)?;
         vmm.run(stdin)
     });
@@ -97,7 +105,8 @@ fn run(cli: Cli, stdin: console::Stdin) -> i32 {
         ),
         Err(e) => (STATUS_VMM_ERROR, Some(format!("ferrite: {e}")), Vec::new()),
     };
-    if let Some(path) = args.stats_json.as_deref() {
+    let _ = std::io::stdout().flush();
+    if let Some(path) = stats_json {
         let report = stats::StatsReport {
             exit_status: status,
             disks: disks
@@ -107,7 +116,9 @@ fn run(cli: Cli, stdin: console::Stdin) -> i32 {
                 .collect(),
         };
         if let Err(e) = stats::write(path, &report) {
-            let _ = std::io::stdout().flush();
+            if let Some(line) = line {
+                eprintln!("{line}");
+            }
             eprintln!("ferrite: {e}");
             return if status == 0 {
                 STATUS_VMM_ERROR
@@ -117,10 +128,24 @@ fn run(cli: Cli, stdin: console::Stdin) -> i32 {
         }
     }
     if let Some(line) = line {
-        let _ = std::io::stdout().flush();
         eprintln!("{line}");
     }
     status
+}
+
+/// Runs `ferrite bench`; its errors are one line, usage errors status 2.
+fn bench_status(args: &bench::BenchArgs) -> i32 {
+    match bench::run(args) {
+        Ok(()) => 0,
+        Err(e @ bench::io_path::BenchError::Usage(_)) => {
+            eprintln!("ferrite: {e}");
+            STATUS_USAGE
+        }
+        Err(e) => {
+            eprintln!("ferrite: {e}");
+            STATUS_VMM_ERROR
+        }
+    }
 }
 
 /// Argument checks clap cannot do: the number of drives, and the same image

@@ -22,7 +22,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::Killable;
 
-use crate::boot::{self, BootConfig, BootError};
+use crate::boot::{self, BootConfig, BootError, Kernel};
 use crate::config::DriveConfig;
 use crate::console::{self, EscapeFilter, Stdin};
 use crate::disks::{self, DiskError, DiskSlot};
@@ -37,7 +37,7 @@ use crate::signals::StopSignals;
 #[derive(Clone, Debug)]
 pub struct VmConfig {
     /// Kernel image.
-    pub kernel: PathBuf,
+    pub kernel: Kernel,
     /// Optional initrd.
     pub initrd: Option<PathBuf>,
     /// Kernel command line as the user gave it (disk entries are appended).
@@ -156,6 +156,19 @@ impl Vmm {
             DEBUG_EXIT_PORT,
             DEBUG_EXIT_LEN,
         )?;
+        // The kernel first: a bad image fails before any disk thread starts.
+        let cmdline = kernel_cmdline(&cfg.cmdline, cfg.drives.len());
+        let entry = boot::load(
+            &mem,
+            &BootConfig {
+                kernel: &cfg.kernel,
+                initrd: cfg.initrd.as_deref(),
+                cmdline: &cmdline,
+                mem_size: cfg.mem_size,
+            },
+        )?;
+        mptable::write(&mem, cfg.cpus)?;
+
         let mut mmio = Bus::new();
         let mut disks = Vec::with_capacity(cfg.drives.len());
         for (index, drive) in cfg.drives.iter().enumerate() {
@@ -168,18 +181,6 @@ impl Vmm {
                 drive,
             )?);
         }
-
-        let cmdline = kernel_cmdline(&cfg.cmdline, cfg.drives.len());
-        let entry = boot::load(
-            &mem,
-            &BootConfig {
-                kernel: &cfg.kernel,
-                initrd: cfg.initrd.as_deref(),
-                cmdline: &cmdline,
-                mem_size: cfg.mem_size,
-            },
-        )?;
-        mptable::write(&mem, cfg.cpus)?;
 
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)

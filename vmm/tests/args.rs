@@ -30,6 +30,20 @@ fn check(case: &Case) {
     }
 }
 
+/// A valid kernel (it would halt), so that drive errors are what fails.
+fn halting_kernel() -> Vec<u8> {
+    let mut code = Asm::new();
+    code.halt();
+    elf(
+        LOAD_ADDR,
+        &[Segment {
+            addr: LOAD_ADDR,
+            bytes: code.bytes,
+        }],
+        None,
+    )
+}
+
 fn case(name: &'static str, args: &[&str], status: i32, mentions: &'static str) -> Case {
     Case {
         name,
@@ -44,6 +58,8 @@ fn malformed_arguments_fail_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let kernel = write_file(dir.path(), "k", b"not a kernel");
     let k = kernel.to_str().unwrap();
+    let good = write_file(dir.path(), "vmlinux", &halting_kernel());
+    let good = good.to_str().unwrap();
     let img = write_file(dir.path(), "disk.img", &vec![0u8; 1 << 20]);
     let img = img.to_str().unwrap();
     let same = format!("file={img}");
@@ -118,6 +134,18 @@ fn malformed_arguments_fail_with_one_line() {
             1,
             "neither an ELF",
         ),
+        case(
+            "missing drive file",
+            &["--kernel", good, "--drive", "file=/nonexistent/disk.img"],
+            1,
+            "/nonexistent/disk.img",
+        ),
+        case(
+            "missing initrd",
+            &["--kernel", good, "--initrd", "/nonexistent/initrd"],
+            1,
+            "/nonexistent/initrd",
+        ),
     ];
     for c in &cases {
         check(c);
@@ -127,7 +155,7 @@ fn malformed_arguments_fail_with_one_line() {
 #[test]
 fn readonly_drive_whose_image_is_write_locked_elsewhere_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let kernel = write_file(dir.path(), "k", b"not a kernel");
+    let kernel = write_file(dir.path(), "vmlinux", &halting_kernel());
     let img = write_file(dir.path(), "disk.img", &vec![0u8; 1 << 20]);
     // This process holds the exclusive lock a writable drive takes.
     let _writer = block::Disk::open(&block::DiskConfig {

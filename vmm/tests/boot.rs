@@ -279,3 +279,89 @@ fn disks_appear_as_virtio_mmio_windows_and_in_stats() {
     assert_eq!(disks[1]["engine"], "threads");
     assert_eq!(v["exit_status"], 3);
 }
+
+#[test]
+fn initrd_and_cmdline_reach_the_guest() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut initrd = vec![0u8; 4096];
+    initrd[..4].copy_from_slice(b"INRD");
+    let initrd_path = write_file(dir.path(), "initrd", &initrd);
+    // 32 MiB of RAM, a 4 KiB initrd: placed in the last page below 32 MiB.
+    const INITRD_AT: u32 = 0x1fff000;
+    let mut code = Asm::new();
+    code.cmp_at_rsi(0x218, INITRD_AT)
+        .unless_equal(&fail_block("ramdisk_image"))
+        .cmp_at_rsi(0x21c, 4096)
+        .unless_equal(&fail_block("ramdisk_size"))
+        .load_eax(INITRD_AT)
+        .cmp_eax(u32::from_le_bytes(*b"INRD"))
+        .unless_equal(&fail_block("initrd bytes"))
+        .cmp_at_rsi(0x228, 0x20000)
+        .unless_equal(&fail_block("cmd_line_ptr"))
+        .load_eax(0x20000)
+        .cmp_eax(u32::from_le_bytes(*b"quie"))
+        .unless_equal(&fail_block("cmdline bytes"))
+        .com1()
+        .puts("initrd ok\n")
+        .debug_exit(0x11)
+        .halt();
+    for (name, image) in [
+        ("vmlinux", elf64(code.bytes.clone())),
+        ("bzImage", bzimage(&code.bytes)),
+    ] {
+        let out = run_kernel(
+            &image,
+            name,
+            &[
+                "--initrd",
+                initrd_path.to_str().unwrap(),
+                "--cmdline",
+                "quiet",
+            ],
+        );
+        assert_run(&out, "initrd ok\n", 0x23);
+    }
+}
+
+#[test]
+fn an_initrd_too_big_for_memory_is_refused() {
+    if !kvm_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let initrd = write_file(dir.path(), "initrd", &vec![0u8; 40 << 20]);
+    let mut code = Asm::new();
+    code.halt();
+    let out = run_kernel(
+        &elf64(code.bytes),
+        "vmlinux",
+        &["--initrd", initrd.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("does not fit"), "{stderr}");
+}
+
+#[test]
+fn a_guest_kvm_cannot_run_is_a_one_line_vmm_error() {
+    if !kvm_available() {
+        return;
+    }
+    // Jump into the device hole where nothing is mapped: KVM cannot fetch
+    // instructions from MMIO and gives up on the vCPU.
+    let mut code = Asm::new();
+    code.com1().puts("jumping\n");
+    code.bytes.extend([0xb8, 0x00, 0x00, 0x00, 0xc0]); // mov eax, 0xc0000000
+    code.bytes.extend([0xff, 0xe0]); // jmp rax
+    let out = run_kernel(&elf64(code.bytes), "vmlinux", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "jumping\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("ferrite: vCPU 0: "), "{stderr}");
+    assert!(stderr.contains(" at RIP 0x"), "{stderr}");
+}

@@ -18,7 +18,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::BlockError;
 
-pub(crate) use sync::SyncEngine;
+pub(crate) use sync::{run_now, SyncEngine};
 pub(crate) use uring::UringEngine;
 
 /// Which engine runs a disk's I/O: QEMU's `aio=` values.

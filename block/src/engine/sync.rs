@@ -27,44 +27,61 @@ impl SyncEngine {
             done: VecDeque::new(),
         })
     }
+}
 
-    /// Runs one host call; returns bytes or a negated errno.
-    fn run(&self, op: HostOp) -> i64 {
-        let fd = self.fd;
-        let rc: i64 = match op {
-            // SAFETY: push's caller keeps iov[..count] and the buffers it
-            // names valid until this operation's completion is reaped.
-            HostOp::Readv { iov, count, offset } => unsafe {
-                libc::preadv(fd, iov, count as libc::c_int, offset as libc::off_t) as i64
-            },
-            HostOp::Writev {
-                iov,
-                count,
-                offset,
-                dsync,
-            } => {
-                let flags = if dsync { libc::RWF_DSYNC } else { 0 };
-                // SAFETY: as for Readv.
-                unsafe {
-                    libc::pwritev2(fd, iov, count as libc::c_int, offset as libc::off_t, flags)
-                        as i64
-                }
-            }
-            // SAFETY: fdatasync on a descriptor the disk keeps open.
-            HostOp::Fdatasync => unsafe { libc::fdatasync(fd) as i64 },
-            // SAFETY: fallocate on a descriptor the disk keeps open; the
-            // range was checked against the capacity by the disk.
-            HostOp::Fallocate { offset, len, mode } => unsafe {
-                libc::fallocate(fd, mode, offset as libc::off_t, len as libc::off_t) as i64
-            },
-        };
-        if rc < 0 {
-            -(io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO) as i64)
-        } else {
-            rc
+/// Runs one host call on `fd` now, on this thread; returns bytes or a
+/// negated errno (EINTR is retried).
+///
+/// # Safety
+/// The memory `op` points to must be valid for the call (writable for
+/// Readv) and not otherwise accessed during it.
+pub(crate) unsafe fn run_now(fd: RawFd, op: HostOp) -> i64 {
+    loop {
+        // SAFETY: the caller's contract.
+        let res = unsafe { run_once(fd, op) };
+        if res != -(libc::EINTR as i64) {
+            return res;
         }
+    }
+}
+
+/// One attempt of `run_now`.
+///
+/// # Safety
+/// As for `run_now`.
+unsafe fn run_once(fd: RawFd, op: HostOp) -> i64 {
+    let rc: i64 = match op {
+        // SAFETY: the caller keeps iov[..count] and the buffers it names
+        // valid for the call.
+        HostOp::Readv { iov, count, offset } => unsafe {
+            libc::preadv(fd, iov, count as libc::c_int, offset as libc::off_t) as i64
+        },
+        HostOp::Writev {
+            iov,
+            count,
+            offset,
+            dsync,
+        } => {
+            let flags = if dsync { libc::RWF_DSYNC } else { 0 };
+            // SAFETY: as for Readv.
+            unsafe {
+                libc::pwritev2(fd, iov, count as libc::c_int, offset as libc::off_t, flags) as i64
+            }
+        }
+        // SAFETY: fdatasync on a descriptor the caller keeps open.
+        HostOp::Fdatasync => unsafe { libc::fdatasync(fd) as i64 },
+        // SAFETY: fallocate on a descriptor the caller keeps open; the
+        // range was checked against the capacity by the disk.
+        HostOp::Fallocate { offset, len, mode } => unsafe {
+            libc::fallocate(fd, mode, offset as libc::off_t, len as libc::off_t) as i64
+        },
+    };
+    if rc < 0 {
+        -(io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO) as i64)
+    } else {
+        rc
     }
 }
 
@@ -83,10 +100,9 @@ impl Engine for SyncEngine {
             return Ok(());
         }
         while let Some((op, tag)) = self.queued.pop_front() {
-            let mut res = self.run(op);
-            while res == -(libc::EINTR as i64) {
-                res = self.run(op);
-            }
+            // SAFETY: push's caller keeps the memory `op` names valid until
+            // this completion is reaped.
+            let res = unsafe { run_now(self.fd, op) };
             self.done.push_back(RawCompletion { tag, res });
         }
         self.eventfd.write(1)

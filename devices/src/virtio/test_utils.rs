@@ -122,6 +122,7 @@ pub struct Driver {
     desc: GuestAddress,
     avail: GuestAddress,
     used: GuestAddress,
+    buf_start: u64,
     next_buf: u64,
     buf_end: u64,
     free: Vec<u16>,
@@ -149,6 +150,7 @@ impl Driver {
             desc: GuestAddress(desc),
             avail: GuestAddress(avail),
             used: GuestAddress(used),
+            buf_start: bufs,
             next_buf: bufs,
             buf_end: base + area,
             free: (0..size).rev().collect(),
@@ -264,6 +266,13 @@ impl Driver {
             "driver buffer area exhausted"
         );
         GuestAddress(addr)
+    }
+
+    /// Forgets every buffer handed out by [`Driver::alloc`], so the area can
+    /// be reused; call it only when the device holds no chain.
+    pub fn recycle_buffers(&mut self) {
+        assert!(self.chains.is_empty(), "the device still holds chains");
+        self.next_buf = self.buf_start;
     }
 
     /// Writes one raw descriptor (for crafting malformed chains).

@@ -45,7 +45,7 @@ static inline void mb(void) { __asm__ volatile("lock orq $0,(%%rsp)" ::: "memory
 static inline void cbarrier(void) { __asm__ volatile("" ::: "memory"); }
 
 /* ---- cmdline.c ---- */
-#define MAX_DISKS 4
+#define MAX_DISKS 8
 struct mmio_entry {
 	u64 addr;
 	u64 size;

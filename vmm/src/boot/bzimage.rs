@@ -5,14 +5,13 @@
 //! address (Documentation/arch/x86/boot.rst, "64-bit BOOT PROTOCOL"); the
 //! kernel decompresses itself from there.
 
-use std::fs::File;
 use std::path::Path;
 
 use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::{BzImage, KernelLoader};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use super::{BootError, EntryPoint, LoadedKernel};
+use super::{BootError, EntryPoint, KernelImage, LoadedKernel};
 use crate::memory::HIMEM_START;
 
 /// Offset of the 64-bit entry from the protected-mode load address.
@@ -25,7 +24,7 @@ const MIN_PROTOCOL: u16 = 0x020c;
 /// Loads a bzImage; refuses images without a 64-bit entry.
 pub fn load(
     mem: &GuestMemoryMmap,
-    file: &mut File,
+    file: &mut impl KernelImage,
     path: &Path,
 ) -> Result<LoadedKernel, BootError> {
     let result =

@@ -1,13 +1,12 @@
 //! ELF `vmlinux` loading: PVH entry when the kernel has the note, else its
 //! 64-bit entry point.
 
-use std::fs::File;
 use std::path::Path;
 
 use linux_loader::loader::{Elf, KernelLoader, PvhBootCapability};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
-use super::{BootError, EntryPoint, LoadedKernel};
+use super::{BootError, EntryPoint, KernelImage, LoadedKernel};
 use crate::memory::HIMEM_START;
 
 /// x86 Linux's default `COMMAND_LINE_SIZE` (2048, with the NUL): what an ELF
@@ -21,7 +20,7 @@ const ELF_INITRD_LIMIT: u64 = 0x8000_0000;
 /// Loads each PT_LOAD segment at its physical address.
 pub fn load(
     mem: &GuestMemoryMmap,
-    file: &mut File,
+    file: &mut impl KernelImage,
     path: &Path,
 ) -> Result<LoadedKernel, BootError> {
     let result = Elf::load(mem, None, file, Some(GuestAddress(HIMEM_START))).map_err(|source| {

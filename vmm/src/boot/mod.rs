@@ -17,7 +17,7 @@ pub mod gdt;
 pub mod params;
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -48,11 +48,31 @@ impl EntryPoint {
     }
 }
 
+/// Where the kernel image comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// A file (ELF vmlinux or bzImage).
+    File(PathBuf),
+    /// An image built into the binary (e.g. `probe::PROBE_ELF`), with a
+    /// name for messages.
+    #[allow(dead_code)] // for `ferrite demo` and `ferrite bench`
+    Embedded {
+        /// How messages call it.
+        name: &'static str,
+        /// The image.
+        bytes: &'static [u8],
+    },
+}
+
+/// What linux-loader needs to read a kernel from.
+pub trait KernelImage: Read + Seek + vm_memory::ReadVolatile {}
+impl<T: Read + Seek + vm_memory::ReadVolatile> KernelImage for T {}
+
 /// What a boot needs besides guest memory.
 #[derive(Clone, Debug)]
 pub struct BootConfig<'a> {
     /// Kernel image (ELF vmlinux or bzImage).
-    pub kernel: &'a Path,
+    pub kernel: &'a Kernel,
     /// Optional initial ramdisk.
     pub initrd: Option<&'a Path>,
     /// Full kernel command line (without the terminating NUL).
@@ -167,7 +187,7 @@ enum Format {
     BzImage,
 }
 
-fn detect_format(file: &mut File, path: &Path) -> Result<Format, BootError> {
+fn detect_format(file: &mut impl KernelImage, path: &Path) -> Result<Format, BootError> {
     let read_err = |source| BootError::Read {
         path: path.to_path_buf(),
         source,
@@ -180,7 +200,7 @@ fn detect_format(file: &mut File, path: &Path) -> Result<Format, BootError> {
     })
 }
 
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_up_to(file: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match file.read(&mut buf[filled..])? {
@@ -205,10 +225,11 @@ fn format_of(head: &[u8]) -> Option<Format> {
 /// Loads the kernel (and initrd), writes the command line and every boot
 /// structure; returns how the boot vCPU must enter.
 pub fn load(mem: &GuestMemoryMmap, cfg: &BootConfig) -> Result<EntryPoint, BootError> {
-    let mut kernel = open(cfg.kernel)?;
-    let loaded = match detect_format(&mut kernel, cfg.kernel)? {
-        Format::Elf => elf::load(mem, &mut kernel, cfg.kernel)?,
-        Format::BzImage => bzimage::load(mem, &mut kernel, cfg.kernel)?,
+    let loaded = match cfg.kernel {
+        Kernel::File(path) => load_kernel(mem, &mut open(path)?, path)?,
+        Kernel::Embedded { name, bytes } => {
+            load_kernel(mem, &mut Cursor::new(*bytes), Path::new(name))?
+        }
     };
     let initrd = match cfg.initrd {
         Some(path) => Some(load_initrd(mem, path, &loaded, cfg.mem_size)?),
@@ -225,6 +246,17 @@ pub fn load(mem: &GuestMemoryMmap, cfg: &BootConfig) -> Result<EntryPoint, BootE
     }
     gdt::write_gdt(mem, loaded.entry)?;
     Ok(loaded.entry)
+}
+
+fn load_kernel(
+    mem: &GuestMemoryMmap,
+    image: &mut impl KernelImage,
+    name: &Path,
+) -> Result<LoadedKernel, BootError> {
+    match detect_format(image, name)? {
+        Format::Elf => elf::load(mem, image, name),
+        Format::BzImage => bzimage::load(mem, image, name),
+    }
 }
 
 /// Puts the initrd as high as allowed, page aligned, above the kernel.
@@ -312,6 +344,65 @@ mod tests {
         // Larger than the limit itself.
         assert_eq!(initrd_address(0x40_0000, 0x30_0000, 0), None);
         assert_eq!(initrd_address(0, 0x30_0000, 0), None);
+    }
+
+    #[test]
+    fn embedded_kernels_load_like_files() {
+        // A minimal ELF64 with one PT_LOAD of 4 bytes at 1 MiB.
+        let mut elf = Vec::new();
+        elf.extend(b"\x7fELF");
+        elf.extend([2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        elf.extend(2u16.to_le_bytes());
+        elf.extend(62u16.to_le_bytes());
+        elf.extend(1u32.to_le_bytes());
+        elf.extend(0x10_0000u64.to_le_bytes()); // entry
+        elf.extend(64u64.to_le_bytes()); // phoff
+        elf.extend(0u64.to_le_bytes());
+        elf.extend(0u32.to_le_bytes());
+        elf.extend(64u16.to_le_bytes());
+        elf.extend(56u16.to_le_bytes());
+        elf.extend(1u16.to_le_bytes());
+        elf.extend([64, 0, 0, 0, 0, 0]);
+        elf.extend(1u32.to_le_bytes()); // PT_LOAD
+        elf.extend(5u32.to_le_bytes());
+        elf.extend(120u64.to_le_bytes()); // offset
+        elf.extend(0x10_0000u64.to_le_bytes());
+        elf.extend(0x10_0000u64.to_le_bytes());
+        elf.extend(4u64.to_le_bytes());
+        elf.extend(4u64.to_le_bytes());
+        elf.extend(0x1000u64.to_le_bytes());
+        elf.extend([0xf4, 0xeb, 0xfd, 0x90]);
+        let bytes: &'static [u8] = Box::leak(elf.into_boxed_slice());
+        let mem = memory::create_guest_memory(16 << 20).unwrap();
+        let kernel = Kernel::Embedded {
+            name: "tiny",
+            bytes,
+        };
+        let cfg = BootConfig {
+            kernel: &kernel,
+            initrd: None,
+            cmdline: "x",
+            mem_size: 16 << 20,
+        };
+        assert_eq!(
+            load(&mem, &cfg).unwrap(),
+            EntryPoint::Linux64 { addr: 0x10_0000 }
+        );
+        let mut code = [0u8; 4];
+        mem.read_slice(&mut code, GuestAddress(0x10_0000)).unwrap();
+        assert_eq!(code, [0xf4, 0xeb, 0xfd, 0x90]);
+        let garbage = Kernel::Embedded {
+            name: "garbage",
+            bytes: b"nothing to boot",
+        };
+        let cfg = BootConfig {
+            kernel: &garbage,
+            ..cfg
+        };
+        assert!(matches!(
+            load(&mem, &cfg),
+            Err(BootError::UnknownFormat { .. })
+        ));
     }
 
     #[test]

@@ -48,7 +48,10 @@ pub fn configure(
     boot: Option<EntryPoint>,
 ) -> Result<(), KvmError> {
     let mut cpuid = supported.clone();
-    cpuid::adjust(&mut cpuid, id, count);
+    cpuid::adjust(&mut cpuid, id, count).map_err(|e| KvmError::Build {
+        what: "CPUID",
+        detail: format!("{e:?}"),
+    })?;
     vcpu.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
 
     let list = msrs::boot_msr_list().map_err(|e| KvmError::Build {
@@ -187,6 +190,9 @@ pub fn install_kick_handler() -> Result<(), KvmError> {
 pub fn run_loop(vcpu: &mut VcpuFd, id: u8, pio: &Bus, mmio: &Bus, stop: &AtomicBool) -> VcpuEnd {
     let run: *mut kvm_run = vcpu.get_kvm_run();
     KVM_RUN.with(|p| p.set(run));
+    if id == 0 {
+        crate::bench::overhead::note_first_kvm_run();
+    }
     let end = dispatch(vcpu, id, pio, mmio, stop);
     KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
     end
@@ -228,9 +234,10 @@ fn dispatch(vcpu: &mut VcpuFd, id: u8, pio: &Bus, mmio: &Bus, stop: &AtomicBool)
             }
             Ok(VcpuExit::Intr) | Ok(VcpuExit::IrqWindowOpen) => continue,
             Ok(VcpuExit::InternalError) => {
+                let sub = internal_suberror(vcpu);
                 format!(
-                    "KVM_EXIT_INTERNAL_ERROR (suberror {})",
-                    internal_suberror(vcpu)
+                    "KVM_EXIT_INTERNAL_ERROR (suberror {sub}: {})",
+                    suberror_name(sub)
                 )
             }
             Ok(VcpuExit::FailEntry(reason, cpu)) => {
@@ -251,6 +258,17 @@ fn internal_suberror(vcpu: &mut VcpuFd) -> u32 {
     }
     // SAFETY: exit_reason says the union holds the `internal` member.
     unsafe { run.__bindgen_anon_1.internal.suberror }
+}
+
+/// KVM_INTERNAL_ERROR_* names (include/uapi/linux/kvm.h).
+fn suberror_name(sub: u32) -> &'static str {
+    match sub {
+        1 => "emulation failure",
+        2 => "exception while delivering an exception",
+        3 => "cannot deliver an event",
+        4 => "unexpected exit reason",
+        _ => "unknown",
+    }
 }
 
 fn rip(vcpu: &VcpuFd) -> String {

@@ -182,6 +182,8 @@ struct Active {
 }
 
 struct IoThread {
+    /// Declared before `active`: if the thread unwinds, the disk (and any
+    /// operation still in it) goes before the guest memory it points into.
     disk: Disk,
     epoll: Epoll,
     notify: EventFd,
@@ -322,9 +324,9 @@ impl IoThread {
     /// Waits for the disk to finish with guest memory, then forgets the
     /// queue. Completions are dropped unanswered: the driver is resetting.
     fn drop_queue(&mut self) {
-        if self.active.take().is_some() || self.disk.in_flight() > 0 {
-            self.disk.wait_idle(&mut self.completions);
-        }
+        // Idle first, then let go of guest memory (the SAFETY of `submit`).
+        self.disk.wait_idle(&mut self.completions);
+        self.active = None;
         self.completions.clear();
         self.finished.clear();
         self.free = (0..self.slots.len()).rev().collect();

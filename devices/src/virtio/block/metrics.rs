@@ -7,7 +7,7 @@
 //!   "cache": "writethrough",
 //!   "read_only": false,
 //!   "engine": "io_uring",
-//!   "features": "0x120006e46",
+//!   "features": "0x120006a44",
 //!   "write_cache": false,
 //!   "disk": {"reads":12,"writes":40,"flushes":3,"discards":0,"write_zeroes":1,
 //!            "bytes_read":49152,"bytes_written":163840,"host_syncs":43,
@@ -135,5 +135,41 @@ mod tests {
         assert_eq!(json["write_cache"], true);
         assert_eq!(json["device"]["needs_reset"], 0);
         assert_eq!(json["disk"]["dsync_writes"], 0);
+        // The keys are the ones the module doc shows.
+        let keys = |v: &serde_json::Value| -> Vec<String> {
+            v.as_object().unwrap().keys().cloned().collect()
+        };
+        let mut top = keys(&json);
+        top.sort();
+        assert_eq!(
+            top,
+            [
+                "cache",
+                "device",
+                "disk",
+                "engine",
+                "features",
+                "path",
+                "read_only",
+                "write_cache"
+            ]
+        );
+        let mut device = keys(&json["device"]);
+        device.sort();
+        assert_eq!(
+            device,
+            [
+                "bad_requests",
+                "interrupts",
+                "interrupts_suppressed",
+                "io_errors",
+                "needs_reset",
+                "requests",
+                "resets",
+                "throttled",
+                "unsupported",
+                "write_cache_changes"
+            ]
+        );
     }
 }

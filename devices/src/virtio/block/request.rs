@@ -139,19 +139,24 @@ pub enum ChainError {
     /// The last descriptor has no bytes.
     #[error("the status descriptor is empty")]
     StatusEmpty,
+    /// The chain does not start with the 16 device-readable bytes of the
+    /// request header (missing, device-writable, or shorter): the device
+    /// cannot tell what was asked, so it cannot answer (QEMU treats this
+    /// as a virtio error too, which sets DEVICE_NEEDS_RESET).
+    #[error("the request header is {len} device-readable bytes, not 16")]
+    ShortHeader {
+        /// Device-readable bytes in the first descriptor (0 when missing or
+        /// device-writable).
+        len: u32,
+    },
 }
 
 /// Why a well-framed request is refused or failed; [`RequestError::status`]
 /// is what the guest reads in the status byte.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
-    /// The chain has no descriptor before the status byte.
-    #[error("the request has no header")]
-    MissingHeader,
-    /// The first descriptor is device-writable.
-    #[error("the header descriptor is device-writable")]
-    HeaderNotReadable,
-    /// The first descriptor is not exactly 16 bytes.
+    /// The first descriptor holds more than the 16-byte header (data in the
+    /// same buffer: a layout this device does not accept).
     #[error("the header descriptor is {len} bytes, not 16")]
     HeaderLength {
         /// Its length.
@@ -380,8 +385,15 @@ impl Request {
         }
         // Every buffer must lie in guest memory before anything is read or
         // written (DESIGN.md "Requests"; the device may touch nothing else).
+        // An empty one must still start in it: vm-memory's range check
+        // finds nothing to refuse in zero bytes, wherever they are.
         for d in &descs {
-            if !GuestMemoryBackend::check_range(mem, d.addr(), d.len() as usize) {
+            let inside = if d.len() == 0 {
+                mem.address_in_range(d.addr())
+            } else {
+                GuestMemoryBackend::check_range(mem, d.addr(), d.len() as usize)
+            };
+            if !inside {
                 return Err(malformed(ChainError::OutsideMemory {
                     addr: d.addr().0,
                     len: d.len(),
@@ -401,6 +413,14 @@ impl Request {
             // In memory: checked above, and len >= 1.
             addr: GuestAddress(last.addr().0 + u64::from(last.len()) - 1),
         };
+        // §5.2.6: without the 16-byte header nothing can be answered.
+        let header_len = match descs.first() {
+            Some(first) if descs.len() > 1 && !first.is_write_only() => first.len(),
+            _ => 0,
+        };
+        if header_len < HEADER_LEN {
+            return Err(malformed(ChainError::ShortHeader { len: header_len }));
+        }
         match parse_framed(&descs, mem, limits) {
             Ok(kind) => Ok(Request { kind, slot }),
             Err(reason) => Err(ParseError::Refused { slot, reason }),
@@ -414,16 +434,17 @@ fn parse_framed(
     mem: &GuestMemoryMmap,
     limits: &DiskLimits,
 ) -> Result<RequestKind, RequestError> {
-    let (status, rest) = descs.split_last().ok_or(RequestError::MissingHeader)?;
+    let (status, rest) = descs
+        .split_last()
+        .ok_or(RequestError::HeaderLength { len: 0 })?;
     // The status byte is exactly one byte (struct virtio_blk_req, §5.2.6).
     if status.len() != 1 {
         return Err(RequestError::StatusLength { len: status.len() });
     }
-    let (header, data) = rest.split_first().ok_or(RequestError::MissingHeader)?;
-    // §5.2.6: the header (type, reserved, sector) is device-readable.
-    if header.is_write_only() {
-        return Err(RequestError::HeaderNotReadable);
-    }
+    // `parse` checked that a readable header of at least 16 bytes leads.
+    let (header, data) = rest
+        .split_first()
+        .ok_or(RequestError::HeaderLength { len: 0 })?;
     if header.len() != HEADER_LEN {
         return Err(RequestError::HeaderLength { len: header.len() });
     }

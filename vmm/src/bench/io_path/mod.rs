@@ -1,0 +1,403 @@
+//! `ferrite bench --io-path`: the whole host-side I/O path without a guest.
+//!
+//! An in-process driver ([`driver`]) feeds the real virtio-blk device
+//! (virtio-mmio transport, I/O thread, `block` backend) through guest memory
+//! and a split virtqueue; [`fio`] runs the same workload with the matching
+//! open flags on the same file. Runs alternate (ferrite first on even
+//! repeats, fio first on odd ones) so drifting noise hits both, and each
+//! case reports the medians of its repeats and `ratio` = ferrite IOPS / fio
+//! IOPS.
+
+pub mod driver;
+mod ferrite;
+pub mod fio;
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use block::{CacheMode, EngineKind};
+
+use super::stats::median;
+use driver::WaitMode;
+
+/// Why a benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Setting up guest memory failed.
+    #[error("guest memory: {0}")]
+    GuestMemory(String),
+    /// An eventfd operation failed.
+    #[error("eventfd: {0}")]
+    EventFd(std::io::Error),
+    /// The device or disk refused something.
+    #[error("device: {0}")]
+    Device(String),
+    /// fio failed or said something unexpected.
+    #[error("{0}")]
+    Fio(String),
+    /// The scratch image could not be made.
+    #[error("scratch image {path}: {source}")]
+    Image {
+        /// The image.
+        path: PathBuf,
+        /// The host error.
+        source: std::io::Error,
+    },
+    /// Bad options.
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// One workload: operation, pattern, block size, queue depth.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Workload {
+    /// Name on the output line.
+    pub name: &'static str,
+    /// "read" or "write" (fio's names).
+    pub op: &'static str,
+    /// Random offsets (else sequential).
+    pub random: bool,
+    /// Bytes per request.
+    pub bs: u32,
+    /// Requests in flight.
+    pub qd: usize,
+}
+
+/// The workloads of issue 7, in output order.
+pub const WORKLOADS: [Workload; 5] = [
+    Workload {
+        name: "randwrite-4k-qd1",
+        op: "write",
+        random: true,
+        bs: 4096,
+        qd: 1,
+    },
+    Workload {
+        name: "randwrite-4k-qd32",
+        op: "write",
+        random: true,
+        bs: 4096,
+        qd: 32,
+    },
+    Workload {
+        name: "randread-4k-qd1",
+        op: "read",
+        random: true,
+        bs: 4096,
+        qd: 1,
+    },
+    Workload {
+        name: "randread-4k-qd32",
+        op: "read",
+        random: true,
+        bs: 4096,
+        qd: 32,
+    },
+    Workload {
+        name: "seqwrite-1m-qd1",
+        op: "write",
+        random: false,
+        bs: 1 << 20,
+        qd: 1,
+    },
+];
+
+/// One measurement.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sample {
+    /// Completions per second.
+    pub iops: f64,
+    /// Median latency, µs.
+    pub p50_us: f64,
+    /// 99th percentile latency, µs.
+    pub p99_us: f64,
+    /// Driver CPU per request, µs (ferrite only).
+    pub driver_us: f64,
+    /// Device I/O-thread CPU per request, µs (ferrite only).
+    pub device_us: f64,
+}
+
+/// Medians over the repeats of one side.
+fn medians(samples: &[Sample]) -> Sample {
+    let m = |f: fn(&Sample) -> f64| {
+        median(&samples.iter().map(f).collect::<Vec<_>>()).unwrap_or(f64::NAN)
+    };
+    Sample {
+        iops: m(|s| s.iops),
+        p50_us: m(|s| s.p50_us),
+        p99_us: m(|s| s.p99_us),
+        driver_us: m(|s| s.driver_us),
+        device_us: m(|s| s.device_us),
+    }
+}
+
+/// What `--io-path` runs.
+#[derive(Clone, Debug)]
+pub struct IoPathConfig {
+    /// Directory for the scratch image.
+    pub dir: PathBuf,
+    /// Image size.
+    pub size: u64,
+    /// Time per run.
+    pub runtime: Duration,
+    /// Runs per side and case.
+    pub repeats: usize,
+    /// Cache modes.
+    pub modes: Vec<CacheMode>,
+    /// Engines.
+    pub engines: Vec<EngineKind>,
+    /// Workloads.
+    pub workloads: Vec<Workload>,
+    /// How the driver waits.
+    pub wait: WaitMode,
+}
+
+/// Removes the scratch image when the benchmark ends, however it ends.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Writes the whole image once, so that reads find data and writes find
+/// allocated blocks, for ferrite and fio alike.
+fn lay_out(path: &Path, size: u64) -> Result<(), BenchError> {
+    let err = |source| BenchError::Image {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(err)?;
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for b in chunk.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        f.write_all(&chunk[..n]).map_err(err)?;
+        left -= n as u64;
+    }
+    f.sync_all().map_err(err)
+}
+
+/// Makes what the last run left dirty durable, outside any timed region,
+/// so that no run pays for its predecessor's writeback.
+fn settle(path: &Path) -> Result<(), BenchError> {
+    File::open(path)
+        .and_then(|f| f.sync_data())
+        .map_err(|source| BenchError::Image {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// One output line.
+pub fn line(mode: CacheMode, engine: EngineKind, wl: &Workload, f: &Sample, o: &Sample) -> String {
+    format!(
+        "mode={mode} engine={engine} workload={} ferrite_iops={:.0} ferrite_p50_us={:.1} \
+         ferrite_p99_us={:.1} fio_iops={:.0} fio_p50_us={:.1} fio_p99_us={:.1} \
+         driver_cpu_us={:.2} device_cpu_us={:.2} p99_ratio={:.2} ratio={:.2}",
+        wl.name,
+        f.iops,
+        f.p50_us,
+        f.p99_us,
+        o.iops,
+        o.p50_us,
+        o.p99_us,
+        f.driver_us,
+        f.device_us,
+        f.p99_us / o.p99_us,
+        f.iops / o.iops,
+    )
+}
+
+/// Runs every case and prints one line each; returns the lines.
+pub fn run(cfg: &IoPathConfig, out: &mut dyn Write) -> Result<Vec<String>, BenchError> {
+    if !fio::available() {
+        return Err(BenchError::Fio(
+            "fio is not installed; it is the baseline of --io-path".into(),
+        ));
+    }
+    if cfg.repeats == 0 || cfg.size < 2 << 20 {
+        return Err(BenchError::Usage(
+            "need --repeats ≥ 1 and --size ≥ 2M".into(),
+        ));
+    }
+    let path = cfg
+        .dir
+        .join(format!("ferrite-bench-{}.img", std::process::id()));
+    let _scratch = Scratch(path.clone());
+    lay_out(&path, cfg.size)?;
+    let wr = |out: &mut dyn Write, s: &str| {
+        let _ = writeln!(out, "{s}");
+        let _ = out.flush();
+    };
+    wr(
+        out,
+        &format!(
+            "# io-path: image={} size={} runtime={}ms repeats={} wait={:?} (medians of repeats; ratio = ferrite IOPS / fio IOPS)",
+            path.display(),
+            cfg.size,
+            cfg.runtime.as_millis(),
+            cfg.repeats,
+            cfg.wait
+        ),
+    );
+    let mut lines = Vec::new();
+    let mut targets = Targets::default();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for &mode in &cfg.modes {
+        for &engine in &cfg.engines {
+            for wl in &cfg.workloads {
+                let rc = ferrite::RunConfig {
+                    path: &path,
+                    size: cfg.size,
+                    runtime: cfg.runtime,
+                    mode,
+                    engine,
+                    wait: cfg.wait,
+                };
+                let (mut fs, mut os) = (Vec::new(), Vec::new());
+                for r in 0..cfg.repeats {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    for side in [r % 2, 1 - r % 2] {
+                        if side == 0 {
+                            fs.push(ferrite::run(&rc, wl, seed)?);
+                        } else {
+                            os.push(fio::run(&path, cfg.size, cfg.runtime, mode, wl)?);
+                        }
+                        settle(&path)?;
+                    }
+                }
+                let (f, o) = (medians(&fs), medians(&os));
+                let l = line(mode, engine, wl, &f, &o);
+                wr(out, &l);
+                lines.push(l);
+                targets.count(engine, wl, &f, &o);
+            }
+        }
+    }
+    wr(out, &targets.summary());
+    Ok(lines)
+}
+
+/// Issue 7's targets: ferrite ≥ 0.90 of fio's IOPS and p99 ≤ 1.2× fio's,
+/// at QD1 (every engine) and QD32 (io_uring).
+#[derive(Debug, Default)]
+struct Targets {
+    cases: usize,
+    iops_met: usize,
+    p99_met: usize,
+}
+
+impl Targets {
+    fn count(&mut self, engine: EngineKind, wl: &Workload, f: &Sample, o: &Sample) {
+        if wl.bs != 4096 || (wl.qd > 1 && engine != EngineKind::IoUring) {
+            return;
+        }
+        self.cases += 1;
+        self.iops_met += usize::from(f.iops >= 0.9 * o.iops);
+        self.p99_met += usize::from(f.p99_us <= 1.2 * o.p99_us);
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "# targets (4 KiB, QD1 all engines, QD32 io_uring): ratio>=0.90 in {}/{} cases, p99<=1.2x fio in {}/{}",
+            self.iops_met, self.cases, self.p99_met, self.cases
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_ends_with_the_ratio() {
+        let f = Sample {
+            iops: 900.0,
+            p50_us: 10.0,
+            p99_us: 24.0,
+            driver_us: 1.0,
+            device_us: 2.0,
+        };
+        let o = Sample {
+            iops: 1000.0,
+            p50_us: 9.0,
+            p99_us: 20.0,
+            driver_us: f64::NAN,
+            device_us: f64::NAN,
+        };
+        let l = line(CacheMode::None, EngineKind::IoUring, &WORKLOADS[0], &f, &o);
+        assert!(
+            l.starts_with("mode=none engine=io_uring workload=randwrite-4k-qd1 "),
+            "{l}"
+        );
+        assert!(l.ends_with(" p99_ratio=1.20 ratio=0.90"), "{l}");
+    }
+
+    #[test]
+    fn targets_count_only_the_cases_they_cover() {
+        let s = |iops, p99_us| Sample {
+            iops,
+            p50_us: 1.0,
+            p99_us,
+            driver_us: 0.0,
+            device_us: 0.0,
+        };
+        let mut t = Targets::default();
+        t.count(
+            EngineKind::Sync,
+            &WORKLOADS[0],
+            &s(95.0, 10.0),
+            &s(100.0, 10.0),
+        );
+        t.count(
+            EngineKind::IoUring,
+            &WORKLOADS[1],
+            &s(80.0, 13.0),
+            &s(100.0, 10.0),
+        );
+        t.count(
+            EngineKind::Sync,
+            &WORKLOADS[1],
+            &s(1.0, 99.0),
+            &s(100.0, 10.0),
+        );
+        t.count(
+            EngineKind::IoUring,
+            &WORKLOADS[4],
+            &s(1.0, 99.0),
+            &s(100.0, 10.0),
+        );
+        assert_eq!((t.cases, t.iops_met, t.p99_met), (2, 1, 1));
+        assert!(t.summary().contains("in 1/2 cases"), "{}", t.summary());
+    }
+
+    #[test]
+    fn medians_per_field() {
+        let s = |iops| Sample {
+            iops,
+            p50_us: iops,
+            p99_us: 1.0,
+            driver_us: 0.0,
+            device_us: 0.0,
+        };
+        let m = medians(&[s(3.0), s(1.0), s(2.0)]);
+        assert_eq!((m.iops, m.p50_us, m.p99_us), (2.0, 2.0, 1.0));
+    }
+}

@@ -1,0 +1,240 @@
+//! `ferrite bench`: what the cache modes and the VMM cost.
+//!
+//! - default ([`guest`]): the probe guest streams writes on a scratch image
+//!   once per cache mode; guest-side rates, host syncs per write, durability.
+//! - `--io-path` ([`io_path`]): the host-side I/O path (device, transport,
+//!   I/O thread, `block`) driven in-process, against `fio` on the same file.
+//! - `--overhead` ([`overhead`]): ferrite's resident memory beyond guest RAM
+//!   and its time from start to the first KVM_RUN.
+//!
+//! Shared pieces: [`stats`] (percentiles, medians, thread CPU time) and
+//! [`host`] (emulated-KVM detection, a scratch directory that does O_DIRECT).
+
+pub mod guest;
+pub mod host;
+pub mod io_path;
+pub mod overhead;
+pub mod stats;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use block::{CacheMode, EngineKind};
+use clap::Args;
+
+use io_path::driver::WaitMode;
+use io_path::{BenchError, IoPathConfig, WORKLOADS};
+
+/// Options of `ferrite bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Benchmark the host-side I/O path (device + block backend, no guest)
+    /// against fio on the same file, per cache mode, engine and workload.
+    #[arg(long)]
+    pub io_path: bool,
+    /// Measure ferrite's own cost: resident memory beyond a 128 MiB probe
+    /// guest's RAM, and the time from start to the first KVM_RUN.
+    #[arg(long, conflicts_with = "io_path")]
+    pub overhead: bool,
+    /// Directory for the scratch image (must accept O_DIRECT; default: the
+    /// first of $TMPDIR, /tmp, /var/tmp, . on a disk-backed file system).
+    #[arg(long, value_name = "PATH")]
+    pub dir: Option<PathBuf>,
+    /// Scratch image size (K, M, G, T suffixes; no suffix means MiB).
+    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
+    pub size: u64,
+    /// Time of one run (suffix ms or s; no suffix means seconds).
+    #[arg(long, value_name = "TIME", default_value = "5s", value_parser = parse_duration)]
+    pub runtime: Duration,
+    /// Runs per case and side; the medians are reported.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub repeats: usize,
+    /// Cache modes, comma-separated [default: all five].
+    #[arg(long, value_name = "MODES", value_delimiter = ',')]
+    pub modes: Vec<CacheMode>,
+    /// I/O engines, comma-separated: io_uring, threads [default: both].
+    #[arg(long, value_name = "ENGINES", value_delimiter = ',')]
+    pub engines: Vec<EngineKind>,
+    /// Workloads, comma-separated [default: all]: randwrite-4k-qd1,
+    /// randwrite-4k-qd32, randread-4k-qd1, randread-4k-qd32, seqwrite-1m-qd1.
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    pub workloads: Vec<String>,
+    /// How the in-process driver waits for completions (--io-path).
+    #[arg(long, value_enum, default_value = "irq")]
+    pub wait: WaitMode,
+    /// Scratch image for the probe guest [default: a temporary file in the
+    /// scratch directory]; created at --size if missing (then removed).
+    #[arg(long, value_name = "PATH", conflicts_with = "io_path")]
+    pub image: Option<PathBuf>,
+    /// Writes the probe guest makes per cache mode.
+    #[arg(long, value_name = "N", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(2..))]
+    pub count: u32,
+    /// Probe guest writes in flight (1 to 8).
+    #[arg(long, value_name = "D", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub depth: u32,
+    /// Also write the probe guest's table as JSON to PATH.
+    #[arg(long, value_name = "PATH", conflicts_with = "io_path")]
+    pub json: Option<PathBuf>,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    crate::config::parse_size(s).map_err(|e| e.to_string())
+}
+
+/// "5s", "500ms", "2" (seconds).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        (t, 1.0)
+    };
+    num.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v > 0.0 && *v * scale < 86_400.0)
+        .map(|v| Duration::from_secs_f64(v * scale))
+        .ok_or_else(|| format!("invalid duration {s:?}: expected e.g. 5s or 500ms"))
+}
+
+fn io_path_config(args: &BenchArgs) -> Result<IoPathConfig, BenchError> {
+    let dir = host::scratch_dir(args.dir.as_deref()).map_err(BenchError::Usage)?;
+    let mut workloads = Vec::new();
+    for name in &args.workloads {
+        let wl = WORKLOADS
+            .iter()
+            .find(|w| w.name == name)
+            .ok_or_else(|| BenchError::Usage(format!("unknown workload {name:?}")))?;
+        workloads.push(wl.clone());
+    }
+    if workloads.is_empty() {
+        workloads = WORKLOADS.to_vec();
+    }
+    let modes = if args.modes.is_empty() {
+        CacheMode::ALL.to_vec()
+    } else {
+        args.modes.clone()
+    };
+    let engines = if args.engines.is_empty() {
+        vec![EngineKind::IoUring, EngineKind::Sync]
+    } else {
+        args.engines.clone()
+    };
+    if engines.contains(&EngineKind::IoUring) && !block::io_uring_supported() {
+        return Err(BenchError::Usage(
+            "this kernel cannot run the io_uring engine; pass --engines threads".into(),
+        ));
+    }
+    Ok(IoPathConfig {
+        dir,
+        size: args.size,
+        runtime: args.runtime,
+        repeats: args.repeats,
+        modes,
+        engines,
+        workloads,
+        wait: args.wait,
+    })
+}
+
+/// Runs the benchmark the arguments ask for; returns the exit status.
+pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
+    if args.overhead {
+        let dir = host::scratch_dir(args.dir.as_deref()).map_err(BenchError::Usage)?;
+        let scratch = ScratchDir::create(&dir)?;
+        let stdout = std::io::stdout();
+        return overhead::run(scratch.path(), args.repeats.max(5), &mut stdout.lock());
+    }
+    if !args.io_path {
+        return guest_bench(args);
+    }
+    let cfg = io_path_config(args)?;
+    if let Some(why) = host::kvm_emulated() {
+        println!("# note: KVM here is emulated ({why}); --io-path runs no guest and is unaffected");
+    }
+    let stdout = std::io::stdout();
+    io_path::run(&cfg, &mut stdout.lock()).map(|_| ())
+}
+
+/// A directory of this run's own, removed with everything in it at the end.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn create(parent: &std::path::Path) -> Result<ScratchDir, BenchError> {
+        let path = parent.join(format!("ferrite-bench-{}", std::process::id()));
+        std::fs::create_dir(&path).map_err(|source| BenchError::Image {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(ScratchDir(path))
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The probe guest once per cache mode.
+fn guest_bench(args: &BenchArgs) -> Result<(), BenchError> {
+    let dir = host::scratch_dir(args.dir.as_deref()).map_err(BenchError::Usage)?;
+    let scratch = ScratchDir::create(&dir)?;
+    let cfg = guest::GuestConfig {
+        image: args
+            .image
+            .clone()
+            .unwrap_or_else(|| scratch.path().join("scratch.img")),
+        size: args.size.min(1 << 30),
+        count: args.count,
+        depth: args.depth,
+        modes: if args.modes.is_empty() {
+            CacheMode::ALL.to_vec()
+        } else {
+            args.modes.clone()
+        },
+    };
+    let report = guest::run(&cfg, scratch.path())?;
+    let stdout = std::io::stdout();
+    let io = |e: std::io::Error| BenchError::Image {
+        path: "stdout".into(),
+        source: e,
+    };
+    guest::render(&report, &mut stdout.lock()).map_err(io)?;
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| io(e.into()))?;
+        std::fs::write(path, text + "\n").map_err(|source| BenchError::Image {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    if let Some(bad) = report.rows.iter().find(|r| r.verdict != "pass") {
+        return Err(BenchError::Device(format!(
+            "the probe guest in {} ended with verdict {}",
+            bad.mode, bad.verdict
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        for bad in ["", "0s", "-1s", "fast", "1e9s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! `ferrite bench --io-path`, tiny: every case prints one line in the
+//! documented format with both sides measured and the ratio last. No timing
+//! is asserted (figures depend on the host).
+
+use std::path::Path;
+use std::process::Command;
+
+const KEYS: [&str; 14] = [
+    "mode",
+    "engine",
+    "workload",
+    "ferrite_iops",
+    "ferrite_p50_us",
+    "ferrite_p99_us",
+    "fio_iops",
+    "fio_p50_us",
+    "fio_p99_us",
+    "driver_cpu_us",
+    "device_cpu_us",
+    "p99_ratio",
+    "ratio",
+    "",
+];
+
+fn fio_installed() -> bool {
+    Command::new("fio")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn positive(line: &str, key: &str) -> f64 {
+    let v: f64 = line
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("{key} missing: {line}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{key} not a number ({e}): {line}"));
+    assert!(v.is_finite() && v > 0.0, "{key}={v}: {line}");
+    v
+}
+
+#[test]
+fn tiny_io_path_run_prints_one_line_per_case_with_ratios() {
+    if !fio_installed() {
+        eprintln!("SKIP: fio is not installed");
+        return;
+    }
+    // The target directory is on the source tree's file system, which the
+    // block tests already need to do O_DIRECT.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args([
+            "bench",
+            "--io-path",
+            "--size",
+            "8M",
+            "--runtime",
+            "300ms",
+            "--repeats",
+            "1",
+        ])
+        .args(["--modes", "none,writeback", "--engines", "io_uring,threads"])
+        .args(["--workloads", "randwrite-4k-qd1,randread-4k-qd32"])
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .expect("run ferrite");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("accepts O_DIRECT") {
+        eprintln!("SKIP: {}", stderr.trim());
+        return;
+    }
+    assert!(
+        out.status.success(),
+        "status {}: {stderr}\n{stdout}",
+        out.status
+    );
+    let lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with("mode=")).collect();
+    assert_eq!(lines.len(), 2 * 2 * 2, "{stdout}");
+    let mut seen = Vec::new();
+    for line in &lines {
+        let keys: Vec<&str> = line
+            .split_whitespace()
+            .map(|kv| kv.split('=').next().unwrap_or(""))
+            .collect();
+        assert_eq!(keys, KEYS[..13], "{line}");
+        for key in [
+            "ferrite_iops",
+            "ferrite_p50_us",
+            "ferrite_p99_us",
+            "fio_iops",
+            "fio_p50_us",
+            "fio_p99_us",
+        ] {
+            positive(line, key);
+        }
+        let ratio = positive(line, "ratio");
+        let want = positive(line, "ferrite_iops") / positive(line, "fio_iops");
+        assert!((ratio - want).abs() <= 0.01 + want * 0.01, "{line}");
+        assert!(
+            line.rsplit(' ')
+                .next()
+                .is_some_and(|last| last.starts_with("ratio=")),
+            "{line}"
+        );
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                .unwrap_or("")
+                .to_string()
+        };
+        seen.push((field("mode"), field("engine"), field("workload")));
+    }
+    for mode in ["none", "writeback"] {
+        for engine in ["io_uring", "threads"] {
+            for wl in ["randwrite-4k-qd1", "randread-4k-qd32"] {
+                assert!(
+                    seen.contains(&(mode.into(), engine.into(), wl.into())),
+                    "{mode} {engine} {wl}: {stdout}"
+                );
+            }
+        }
+    }
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("# targets ") && l.contains("in ") && l.contains("/6 cases")),
+        "no targets summary over the 6 covered cases: {stdout}"
+    );
+    // The scratch image is gone.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("read dir")
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    assert!(Path::new(dir.path()).exists());
+}
+
+#[test]
+fn bad_workload_is_a_usage_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args(["bench", "--io-path", "--workloads", "nope"])
+        .output()
+        .expect("run ferrite");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unknown workload") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+}
