@@ -92,6 +92,10 @@ pub struct VmArgs {
     /// Write per-disk statistics as JSON to PATH when ferrite exits.
     #[arg(long, value_name = "PATH")]
     pub stats_json: Option<PathBuf>,
+    /// Turn off the seccomp filters (each thread's system-call allowlist);
+    /// for debugging only.
+    #[arg(long)]
+    pub no_seccomp: bool,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
