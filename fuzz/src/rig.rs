@@ -11,7 +11,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use block::{CacheMode, Disk, DiskConfig, EngineKind};
+use block::{BlockError, CacheMode, Disk, DiskConfig, EngineKind};
 use devices::bus::BusDevice;
 use devices::interrupt::CountingInterrupt;
 use devices::virtio::block::device::WRITEBACK;
@@ -37,12 +37,38 @@ pub fn pattern_byte(offset: u64) -> u8 {
     ((offset / 512) as u8).wrapping_mul(31) ^ (offset as u8) ^ 0x5a
 }
 
-/// The disks a case can pick.
-pub const KINDS: [(CacheMode, bool); 4] = [
-    (CacheMode::Writeback, false),
-    (CacheMode::Writethrough, false),
-    (CacheMode::Unsafe, false),
-    (CacheMode::Writeback, true),
+/// One disk a case can pick.
+#[derive(Clone, Copy, Debug)]
+pub struct Kind {
+    /// Cache mode.
+    pub cache: CacheMode,
+    /// Read-only drive.
+    pub read_only: bool,
+    /// I/O engine.
+    pub engine: EngineKind,
+    /// Memory alignment the disk assumes (4096 sends every buffer that is
+    /// not page-aligned through the bounce path).
+    pub mem_alignment: usize,
+}
+
+const fn kind(cache: CacheMode, read_only: bool, engine: EngineKind, mem_alignment: usize) -> Kind {
+    Kind {
+        cache,
+        read_only,
+        engine,
+        mem_alignment,
+    }
+}
+
+/// The disks a case can pick (append only: inputs name them by index).
+pub const KINDS: [Kind; 7] = [
+    kind(CacheMode::Writeback, false, EngineKind::Sync, 1),
+    kind(CacheMode::Writethrough, false, EngineKind::Sync, 1),
+    kind(CacheMode::Unsafe, false, EngineKind::Sync, 1),
+    kind(CacheMode::Writeback, true, EngineKind::Sync, 1),
+    kind(CacheMode::Writeback, false, EngineKind::Sync, 4096),
+    kind(CacheMode::Writeback, false, EngineKind::IoUring, 1),
+    kind(CacheMode::DirectSync, false, EngineKind::Sync, 1),
 ];
 
 /// One device, its guest memory and its image.
@@ -84,12 +110,12 @@ fn remove_stale(dir: &std::path::Path) {
 impl Rig {
     /// A fresh rig on a patterned image (panics on host setup failure: that
     /// is the harness, not a finding).
-    pub fn new(kind: usize) -> Rig {
-        let (cache, read_only) = KINDS[kind % KINDS.len()];
+    pub fn new(index: usize) -> Rig {
+        let kind = KINDS[index % KINDS.len()];
         let base = base_dir();
         std::fs::create_dir_all(&base).expect("create the fuzz image directory");
         remove_stale(&base);
-        let dir = base.join(format!("{}-{kind}", std::process::id()));
+        let dir = base.join(format!("{}-{index}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create the rig directory");
         let path = dir.join("disk.img");
         let pattern: Vec<u8> = (0..IMAGE_LEN).map(pattern_byte).collect();
@@ -99,14 +125,27 @@ impl Rig {
             .write(true)
             .open(&path)
             .expect("open the fuzz image");
-        let cfg = DiskConfig {
+        let mut cfg = DiskConfig {
             path,
-            cache,
-            read_only,
-            // Deterministic: every operation runs on the I/O thread at kick.
-            engine: Some(EngineKind::Sync),
+            cache: kind.cache,
+            read_only: kind.read_only,
+            // Sync is deterministic: every operation runs on the I/O thread
+            // at kick. io_uring completes in any order, which the checks
+            // allow (they do not depend on the order of completions).
+            engine: Some(kind.engine),
         };
-        let disk = Disk::open(&cfg).expect("open the fuzz disk");
+        let disk = match Disk::open_with_mem_alignment(&cfg, kind.mem_alignment) {
+            Ok(d) => d,
+            // A host without io_uring or O_DIRECT on /dev/shm: say so once
+            // and fuzz that slot on a plain disk instead.
+            Err(e @ (BlockError::Engine(_) | BlockError::DirectIoUnsupported { .. })) => {
+                eprintln!("ferrite-fuzz: disk {kind:?} unavailable ({e}); using writeback/sync");
+                cfg.cache = CacheMode::Writeback;
+                cfg.engine = Some(EngineKind::Sync);
+                Disk::open(&cfg).expect("open the fuzz disk")
+            }
+            Err(e) => panic!("cannot open the fuzz disk {kind:?}: {e}"),
+        };
         let device = BlockDevice::new(disk, Some(SERIAL.into())).expect("start the device");
         let mem = guest_memory();
         let irq = Arc::new(CountingInterrupt::default());
@@ -114,7 +153,7 @@ impl Rig {
         Rig {
             transport,
             mem,
-            read_only,
+            read_only: kind.read_only,
             image,
             pattern,
             scratch: vec![0; IMAGE_LEN as usize],

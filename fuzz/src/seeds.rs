@@ -424,6 +424,43 @@ pub fn blk_seeds() -> Vec<(&'static str, BlkCase)> {
                 vec![chain(ReqType::Out, 1, vec![sectors(1, 0x55)])],
             ),
         ),
+        // Disk 4 bounces every buffer that is not page-aligned.
+        (
+            "bounce_read_write",
+            blk(
+                4,
+                FLUSH,
+                vec![
+                    chain(ReqType::Out, 10, vec![sectors(1, 0x77), sectors(1, 0x78)]),
+                    chain(ReqType::In, 10, vec![sectors(2, 0)]),
+                ],
+            ),
+        ),
+        // Disk 5 is on io_uring, disk 6 is directsync (O_DIRECT | O_DSYNC).
+        (
+            "io_uring_mixed",
+            blk(
+                5,
+                all,
+                vec![
+                    chain(ReqType::Out, 30, vec![sectors(4, 0x88)]),
+                    chain(ReqType::In, 28, vec![sectors(8, 0)]),
+                    chain(ReqType::Flush, 0, vec![]),
+                    zeroing(ReqType::WriteZeroes, 40, 2, 0),
+                ],
+            ),
+        ),
+        (
+            "directsync_write_flush",
+            blk(
+                6,
+                FLUSH,
+                vec![
+                    chain(ReqType::Out, 50, vec![sectors(2, 0x99)]),
+                    chain(ReqType::Flush, 0, vec![]),
+                ],
+            ),
+        ),
     ]
 }
 

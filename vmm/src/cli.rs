@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{self, DriveConfig};
-use crate::exit::STATUS_USAGE;
 
 /// The kernel command line used when `--cmdline` is not given.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
@@ -117,16 +116,6 @@ pub enum ParseOutcome {
     Info(String),
     /// A usage error: one line for stderr, status 2.
     Usage(String),
-}
-
-impl ParseOutcome {
-    /// The exit status that goes with this outcome.
-    pub fn status(&self) -> i32 {
-        match self {
-            ParseOutcome::Info(_) => 0,
-            ParseOutcome::Usage(_) => STATUS_USAGE,
-        }
-    }
 }
 
 /// Parses the arguments; usage errors come back as one line.

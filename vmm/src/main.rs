@@ -43,12 +43,7 @@ fn main() {
             let _ = std::io::stdout().flush();
             std::process::exit(0);
         }
-        Err(usage @ ParseOutcome::Usage(_)) => {
-            let ParseOutcome::Usage(ref line) = usage else {
-                unreachable!()
-            };
-            fail(usage.status(), line);
-        }
+        Err(ParseOutcome::Usage(line)) => fail(STATUS_USAGE, &line),
     };
     let status = run(cli, stdin);
     console::restore_terminal();

@@ -385,8 +385,15 @@ impl Request {
         }
         // Every buffer must lie in guest memory before anything is read or
         // written (DESIGN.md "Requests"; the device may touch nothing else).
+        // An empty one must still start in it: vm-memory's range check
+        // finds nothing to refuse in zero bytes, wherever they are.
         for d in &descs {
-            if !GuestMemoryBackend::check_range(mem, d.addr(), d.len() as usize) {
+            let inside = if d.len() == 0 {
+                mem.address_in_range(d.addr())
+            } else {
+                GuestMemoryBackend::check_range(mem, d.addr(), d.len() as usize)
+            };
+            if !inside {
                 return Err(malformed(ChainError::OutsideMemory {
                     addr: d.addr().0,
                     len: d.len(),

@@ -281,6 +281,16 @@ fn descriptors_outside_memory_are_malformed() {
         malformed(parse(&m, &[hdr(), desc(MEM_SIZE, 1, true)])),
         ChainError::OutsideMemory { .. }
     ));
+    // Found by the block_parse fuzz target: an empty buffer far outside
+    // memory passed the range check (zero bytes to check).
+    for addr in [MEM_SIZE, 0x0092_4924_9249_24fc] {
+        assert!(matches!(
+            malformed(parse(&m, &[hdr(), desc(addr, 0, true), st()])),
+            ChainError::OutsideMemory { len: 0, .. }
+        ));
+    }
+    // An empty buffer inside memory is fine (nothing is transferred).
+    assert!(parse(&m, &[hdr(), desc(DATA, 0, true), st()]).is_ok());
 }
 
 #[test]
