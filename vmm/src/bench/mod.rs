@@ -83,7 +83,8 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "irq")]
     pub wait: WaitMode,
     /// Scratch image for the probe guest [default: a temporary file in the
-    /// scratch directory]; created at --size if missing (then removed).
+    /// scratch directory]; must not exist: created at --size (at most 1G),
+    /// written over, then removed.
     #[arg(long, value_name = "PATH", conflicts_with = "io_path")]
     pub image: Option<PathBuf>,
     /// Writes the probe guest makes per cache mode.
