@@ -124,3 +124,61 @@ fn the_test_switch_is_not_in_help() {
     assert!(help.contains("--no-seccomp"), "{help}");
     assert!(!help.contains(SELFTEST_ENV), "{help}");
 }
+
+fn termios(fd: libc::c_int) -> libc::termios {
+    // SAFETY: plain data filled by tcgetattr.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid fd and pointer.
+    assert_eq!(unsafe { libc::tcgetattr(fd, &mut t) }, 0);
+    t
+}
+
+/// The console is in raw mode when the trap comes: the handler puts the
+/// terminal back before it exits.
+#[test]
+fn the_terminal_is_restored_after_a_forbidden_call() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    if !kvm_usable() {
+        return;
+    }
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: out-pointers to two ints; no name, default settings.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        eprintln!(
+            "SKIP: no pseudo-terminal: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    // SAFETY: openpty returned two new descriptors that we now own.
+    let (_master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    let before = termios(slave.as_raw_fd());
+    assert_ne!(before.c_lflag & libc::ICANON, 0, "pty starts cooked");
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = probe_kernel(dir.path());
+    let img = image(dir.path(), "a.img", IMAGE_SIZE);
+    for thread in ["vcpu", "main"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+            .args(probe_args(&kernel, "probe=info", &[drive(&img, "")], &[]))
+            .env(SELFTEST_ENV, thread)
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{thread}: {stderr}");
+        assert!(stderr.contains("made forbidden system call"), "{stderr}");
+        let after = termios(slave.as_raw_fd());
+        assert_eq!(after.c_lflag, before.c_lflag, "{thread}");
+        assert_eq!(after.c_iflag, before.c_iflag, "{thread}");
+        assert_eq!(after.c_oflag, before.c_oflag, "{thread}");
+    }
+}

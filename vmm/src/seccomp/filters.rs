@@ -15,12 +15,11 @@ use seccompiler::{SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompRule}
 /// The calls every thread needs: memory (the allocator), locks, thread
 /// exit, clocks, the signals ferrite uses, and the few calls the SIGSYS
 /// handler itself makes (`write`, `exit_group`).
+/// (`mmap` and `mprotect` are allowed too, but never with `PROT_EXEC`.)
 const COMMON: &[i64] = &[
     libc::SYS_brk,
-    libc::SYS_mmap,
     libc::SYS_munmap,
     libc::SYS_mremap,
-    libc::SYS_mprotect,
     libc::SYS_madvise,
     libc::SYS_futex,
     libc::SYS_sched_yield,
@@ -151,7 +150,23 @@ pub fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccom
         .into_iter()
         .map(|nr| (nr, Vec::new()))
         .collect();
-    map.insert(libc::SYS_ioctl, arg1_in(&ioctls(kind))?);
+    let mut ioctl = arg1_in(&ioctls(kind))?;
+    // Every thread may put the terminal back (the SIGSYS handler does).
+    ioctl.push(SeccompRule::new(vec![
+        SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, 0)?,
+        SeccompCondition::new(1, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, libc::TCSETS)?,
+    ])?);
+    map.insert(libc::SYS_ioctl, ioctl);
+    // No new executable memory: argument 2 (prot) without PROT_EXEC.
+    for nr in [libc::SYS_mmap, libc::SYS_mprotect] {
+        let no_exec = SeccompCondition::new(
+            2,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64),
+            0,
+        )?;
+        map.insert(nr, vec![SeccompRule::new(vec![no_exec])?]);
+    }
     if let Some(commands) = fcntls(kind) {
         map.insert(libc::SYS_fcntl, arg1_in(&commands)?);
     }
@@ -190,6 +205,11 @@ mod tests {
         assert!(plain_syscalls(ThreadKind::Io).contains(&libc::SYS_openat));
         assert!(!plain_syscalls(ThreadKind::Vcpu).contains(&libc::SYS_openat));
         assert!(!plain_syscalls(ThreadKind::Vcpu).contains(&libc::SYS_ioctl));
+        // mmap/mprotect only through their no-PROT_EXEC rule.
+        for kind in ThreadKind::ALL {
+            assert!(!plain_syscalls(kind).contains(&libc::SYS_mmap));
+            assert_eq!(rules(kind).unwrap()[&libc::SYS_mprotect].len(), 1);
+        }
         assert!(ioctls(ThreadKind::Vcpu).contains(&0xae80));
         assert!(!ioctls(ThreadKind::Main).contains(&0xae80));
     }

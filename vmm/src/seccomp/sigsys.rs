@@ -2,17 +2,22 @@
 //! that names the thread and the call, and status 1.
 //!
 //! The handler runs on the offending thread, under that thread's filter,
-//! so it makes only calls every filter allows (`write`, `exit_group`) and
-//! nothing that allocates or locks.
+//! so it makes only calls every filter allows (`write`, `exit_group`,
+//! `ioctl(0, TCSETS)`) and nothing that allocates or locks.
 
 use std::cell::Cell;
 use std::io;
+use std::sync::OnceLock;
 
 /// Longest thread name kept (Linux thread names are at most 15 bytes).
 const NAME_LEN: usize = 16;
 
 /// `si_code` of a SIGSYS raised by seccomp (`SYS_SECCOMP`).
 const SYS_SECCOMP: libc::c_int = 1;
+
+/// The terminal's settings before ferrite touched them (if stdin is one),
+/// put back by the handler: the console may be in raw mode.
+static COOKED_TERMINAL: OnceLock<libc::termios> = OnceLock::new();
 
 thread_local! {
     /// This thread's name for the SIGSYS line (fixed size: read in the handler).
@@ -94,6 +99,11 @@ extern "C" fn handle_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut 
     let (name, len) = NAME.with(|n| n.get());
     let mut line = [0u8; 160];
     let n = message(&name[..len], syscall, &mut line);
+    if let Some(cooked) = COOKED_TERMINAL.get() {
+        // SAFETY: fd 0 and a termios read from it; ioctl is
+        // async-signal-safe, and every filter allows TCSETS on fd 0.
+        unsafe { libc::ioctl(0, libc::TCSETS, cooked as *const libc::termios) };
+    }
     // SAFETY: writes `n` bytes of `line` to stderr, then ends the process;
     // both calls are async-signal-safe and allowed by every filter.
     unsafe {
@@ -102,8 +112,17 @@ extern "C" fn handle_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut 
     }
 }
 
-/// Installs the handler for the whole process.
+/// Installs the handler for the whole process, and remembers the
+/// terminal's settings on stdin (call before raw mode).
 pub(super) fn install_handler() -> io::Result<()> {
+    // SAFETY: termios is plain data; tcgetattr fills it or fails (not a
+    // terminal), and only a filled one is kept.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::isatty(0) == 1 && libc::tcgetattr(0, &mut t) == 0 {
+            let _ = COOKED_TERMINAL.set(t);
+        }
+    }
     // SAFETY: sigaction is plain data; zeroed is a valid empty value.
     let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
     action.sa_sigaction = handle_sigsys as *const () as usize;
