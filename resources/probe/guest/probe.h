@@ -58,6 +58,7 @@ struct config {
 	u64 stream_count;
 	u64 stream_depth;
 	u64 stream_flush_every;
+	u64 stream_keep_going;   /* report failed requests and go on */
 	int ndisks;
 	struct mmio_entry mmio[MAX_DISKS];
 	const char *error;      /* first parse error, or NULL */

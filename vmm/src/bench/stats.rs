@@ -79,9 +79,10 @@ mod tests {
 
     #[test]
     fn this_thread_has_spent_some_cpu() {
+        // black_box keeps a release build from folding the loop away.
         let mut x = 0u64;
         for i in 0..1_000_000u64 {
-            x = x.wrapping_mul(31).wrapping_add(i);
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
         }
         assert!(x != 1);
         assert!(this_thread_cpu().is_some_and(|d| d > Duration::ZERO));
