@@ -34,7 +34,6 @@ const COMMON: &[i64] = &[
     libc::SYS_sigaltstack,
     libc::SYS_write,
     libc::SYS_writev,
-    libc::SYS_read,
     libc::SYS_close,
     libc::SYS_exit,
     libc::SYS_exit_group,
@@ -47,6 +46,7 @@ const VCPU: &[i64] = &[];
 /// The disk's I/O thread: epoll, eventfds, the image (reads, writes,
 /// syncs, discard, and the reopen a write-cache change may need), io_uring.
 const IO: &[i64] = &[
+    libc::SYS_read,
     libc::SYS_epoll_wait,
     libc::SYS_epoll_pwait,
     libc::SYS_epoll_ctl,
@@ -72,20 +72,18 @@ const IO: &[i64] = &[
 
 /// The main thread once the guest runs: the event loop (poll, signalfd,
 /// stdin), kicking vCPUs, joining threads, tearing the VM down, writing
-/// `--stats-json` and restoring the terminal.
+/// `--stats-json` (`openat` only to create or truncate a file for writing,
+/// see [`MAIN_OPEN_FLAGS`]) and restoring the terminal.
 const MAIN: &[i64] = &[
+    libc::SYS_read,
     libc::SYS_poll,
     libc::SYS_ppoll,
     libc::SYS_tgkill,
-    libc::SYS_openat,
-    libc::SYS_fcntl,
-    libc::SYS_fstat,
-    libc::SYS_newfstatat,
-    libc::SYS_statx,
-    libc::SYS_lseek,
-    libc::SYS_fsync,
-    libc::SYS_rt_sigaction,
 ];
+
+/// The only `openat` flags the main thread may use: `std::fs::write`'s.
+const MAIN_OPEN_FLAGS: u64 =
+    (libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC) as u64;
 
 // ioctl numbers (include/uapi/linux/kvm.h, asm-generic/ioctls.h, linux/fs.h).
 const KVMIO: u32 = 0xAE;
@@ -122,11 +120,11 @@ pub fn ioctls(kind: ThreadKind) -> Vec<u64> {
 
 /// The `fcntl` commands `kind` may use (argument 1), when it may not use
 /// every one: Rust's debug builds check with `F_GETFD` that an fd is open
-/// before closing it.
+/// before closing it. The I/O thread reopens and locks images.
 fn fcntls(kind: ThreadKind) -> Option<Vec<u64>> {
     match kind {
-        ThreadKind::Vcpu => Some(vec![libc::F_GETFD as u64]),
-        ThreadKind::Io | ThreadKind::Main => None,
+        ThreadKind::Vcpu | ThreadKind::Main => Some(vec![libc::F_GETFD as u64]),
+        ThreadKind::Io => None,
     }
 }
 
@@ -170,6 +168,15 @@ pub fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccom
     if let Some(commands) = fcntls(kind) {
         map.insert(libc::SYS_fcntl, arg1_in(&commands)?);
     }
+    if kind == ThreadKind::Main {
+        let flags = SeccompCondition::new(
+            2,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            MAIN_OPEN_FLAGS,
+        )?;
+        map.insert(libc::SYS_openat, vec![SeccompRule::new(vec![flags])?]);
+    }
     Ok(map)
 }
 
@@ -203,6 +210,9 @@ mod tests {
     #[test]
     fn only_the_io_thread_opens_images_and_only_vcpus_run() {
         assert!(plain_syscalls(ThreadKind::Io).contains(&libc::SYS_openat));
+        assert!(!plain_syscalls(ThreadKind::Main).contains(&libc::SYS_openat));
+        assert_eq!(rules(ThreadKind::Main).unwrap()[&libc::SYS_openat].len(), 1);
+        assert_eq!(MAIN_OPEN_FLAGS, 0o2001101);
         assert!(!plain_syscalls(ThreadKind::Vcpu).contains(&libc::SYS_openat));
         assert!(!plain_syscalls(ThreadKind::Vcpu).contains(&libc::SYS_ioctl));
         // mmap/mprotect only through their no-PROT_EXEC rule.
