@@ -183,6 +183,10 @@ int free_slot(struct disk *d);
 #define TIMEOUT_IO (1UL << 36)     /* TSC cycles: ~20-30 s at 2-3 GHz */
 #define TIMEOUT_SHORT (1UL << 31)  /* ~1 s: how long badchain waits */
 
+/* ---- main.c ---- */
+/* End of guest RAM from the PVH memory map (0 when there is none). */
+extern u64 g_ram_end;
+
 /* ---- scenarios.c ---- */
 /* Each returns 0 on pass; on failure it records a reason with fail(). */
 int fail(const char *reason);
