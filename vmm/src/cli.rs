@@ -58,7 +58,8 @@ pub struct Cli {
 /// Subcommands besides booting a kernel.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Compare what the cache modes and the I/O path cost (see `ferrite bench --help`).
+    /// Compares the cache modes through the probe guest, or benchmarks the
+    /// host I/O path against fio (--io-path), or ferrite's own overhead (--overhead).
     Bench(crate::bench::BenchArgs),
     /// Boots the built-in probe guest on one scratch disk per cache mode and
     /// shows what the guest saw and what the host did.
@@ -92,6 +93,10 @@ pub struct VmArgs {
     /// Write per-disk statistics as JSON to PATH when ferrite exits.
     #[arg(long, value_name = "PATH")]
     pub stats_json: Option<PathBuf>,
+    /// Turn off the seccomp filters (each thread's system-call allowlist);
+    /// for debugging only.
+    #[arg(long)]
+    pub no_seccomp: bool,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {

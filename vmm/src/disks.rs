@@ -5,7 +5,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use devices::virtio::block::{BlockDevice, BlockDeviceError, BlockHandle};
+use devices::virtio::block::{BlockDevice, BlockDeviceError, BlockHandle, ThreadStart};
 use devices::virtio::mmio::{MmioTransport, TransportError, MMIO_WINDOW_SIZE, NOTIFY_OFFSET};
 use devices::{Bus, BusError, InterruptLine};
 use kvm_ioctls::VmFd;
@@ -69,11 +69,12 @@ pub fn attach(
     mmio: &mut Bus,
     slot: DiskSlot,
     drive: &DriveConfig,
+    io_thread_start: Option<ThreadStart>,
 ) -> Result<BlockHandle, DiskError> {
     let path = drive.path.display().to_string();
     let disk = block::Disk::open(&drive.disk_config())?;
-    let device =
-        BlockDevice::new(disk, drive.serial.clone()).map_err(|source| DiskError::Device {
+    let device = BlockDevice::with_thread_start(disk, drive.serial.clone(), io_thread_start)
+        .map_err(|source| DiskError::Device {
             path: path.clone(),
             source,
         })?;

@@ -15,6 +15,7 @@ mod disks;
 mod exit;
 mod kvm;
 mod memory;
+mod seccomp;
 mod signals;
 mod stats;
 mod vmm;
@@ -84,15 +85,35 @@ fn run(cli: Cli, stdin: console::Stdin) -> i32 {
         cpus: args.cpus,
         drives: args.drives,
     };
-    run_vm(&cfg, args.stats_json.as_deref(), stdin)
+    let policy = if args.no_seccomp {
+        seccomp::Policy::Off
+    } else {
+        seccomp::Policy::All
+    };
+    run_vm_with(&cfg, args.stats_json.as_deref(), stdin, policy)
 }
 
 /// Boots `cfg` with the console on stdin/stdout, writes `stats_json` if
 /// asked, prints the exit's line on stderr if it has one, and returns the
 /// exit status. Subcommands that boot a guest of their own (`demo`,
 /// `bench`) build a [`vmm::VmConfig`] and call this.
+///
+/// The vCPU and disk threads run under seccomp; the calling thread does
+/// not, so it can go on after the guest (see [`run_vm_with`]).
 fn run_vm(cfg: &vmm::VmConfig, stats_json: Option<&std::path::Path>, stdin: console::Stdin) -> i32 {
-    let result = vmm::Vmm::new(cfg).and_then(|vmm| {
+    run_vm_with(cfg, stats_json, stdin, seccomp::Policy::Threads)
+}
+
+/// [`run_vm`] with the seccomp `policy` given; with
+/// [`seccomp::Policy::All`] the calling thread is filtered too and should
+/// only exit afterwards.
+fn run_vm_with(
+    cfg: &vmm::VmConfig,
+    stats_json: Option<&std::path::Path>,
+    stdin: console::Stdin,
+    policy: seccomp::Policy,
+) -> i32 {
+    let result = vmm::Vmm::with_seccomp(cfg, policy).and_then(|vmm| {
         vmm::prepare_console(stdin)?;
         vmm.run(stdin)
     });

@@ -31,6 +31,7 @@ use crate::kvm::mptable::{self, MpTableError};
 use crate::kvm::vcpu::{self, VcpuEnd};
 use crate::kvm::{vm, KvmError};
 use crate::memory::{self, MemoryError};
+use crate::seccomp::{self, Filters, SeccompError, ThreadKind};
 use crate::signals::StopSignals;
 
 /// Everything needed to start a guest.
@@ -68,6 +69,9 @@ pub enum VmmError {
     /// Attaching a drive.
     #[error(transparent)]
     Disk(#[from] DiskError),
+    /// A seccomp filter.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     /// Placing a device.
     #[error("cannot place a device: {0}")]
     Bus(#[from] BusError),
@@ -105,6 +109,7 @@ pub struct Vmm {
     serial: Arc<Mutex<Serial>>,
     exit: Arc<ExitController>,
     disks: Vec<BlockHandle>,
+    filters: Filters,
 }
 
 /// The kernel command line: the user's, then one virtio-mmio entry per disk.
@@ -134,8 +139,13 @@ pub fn disk_slot(index: usize) -> (u64, u32) {
 }
 
 impl Vmm {
-    /// Builds the machine: memory, VM, devices, kernel, vCPUs.
-    pub fn new(cfg: &VmConfig) -> Result<Self, VmmError> {
+    /// Builds the machine: memory, VM, devices, kernel, vCPUs, with the
+    /// seccomp filters `policy` asks for (vCPU and disk threads install
+    /// theirs when they start); with
+    /// [`seccomp::Policy::All`] the calling thread installs its own filter in
+    /// [`Vmm::run`] and may do little afterwards besides exiting.
+    pub fn with_seccomp(cfg: &VmConfig, policy: seccomp::Policy) -> Result<Self, VmmError> {
+        let filters = Filters::compile(policy)?;
         let mem = memory::create_guest_memory(cfg.mem_size)?;
         let (kvm, vm_fd) = vm::create(&mem)?;
         let exit = ExitController::new().map_err(host("create an eventfd"))?;
@@ -173,12 +183,18 @@ impl Vmm {
         let mut disks = Vec::with_capacity(cfg.drives.len());
         for (index, drive) in cfg.drives.iter().enumerate() {
             let (base, irq) = disk_slot(index);
+            let io_filters = filters.clone();
             disks.push(disks::attach(
                 &vm_fd,
                 &mem,
                 &mut mmio,
                 DiskSlot { base, irq },
                 drive,
+                Some(Box::new(move || {
+                    io_filters
+                        .install(ThreadKind::Io, "ferrite-blk")
+                        .map_err(|e| e.to_string())
+                })),
             )?);
         }
 
@@ -203,6 +219,7 @@ impl Vmm {
             serial,
             exit,
             disks,
+            filters,
         })
     }
 
@@ -215,16 +232,18 @@ impl Vmm {
         let halted = Arc::new(AtomicUsize::new(0));
         let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(count);
         for (id, mut fd) in self.vcpus.drain(..).enumerate() {
-            let (pio, mmio, exit, halted) = (
+            let (pio, mmio, exit, halted, filters) = (
                 self.pio.clone(),
                 self.mmio.clone(),
                 self.exit.clone(),
                 halted.clone(),
+                self.filters.clone(),
             );
             let spawned = std::thread::Builder::new()
                 .name(format!("vcpu{id}"))
                 .spawn(move || {
-                    let end = vcpu::run_loop(&mut fd, id as u8, &pio, &mmio, exit.stop_flag());
+                    let end =
+                        vcpu::run_loop(&mut fd, id as u8, &pio, &mmio, exit.stop_flag(), &filters);
                     match end {
                         VcpuEnd::Stopped => {}
                         VcpuEnd::Halted => {
@@ -246,6 +265,11 @@ impl Vmm {
                     break;
                 }
             }
+        }
+        // Last: every other thread exists (and would inherit it otherwise).
+        if let Err(e) = self.filters.install(ThreadKind::Main, "main") {
+            // Sets the stop flag the vCPU loops poll.
+            self.exit.report(ExitCause::VcpuFailed(e.to_string()));
         }
         let cause = self.event_loop(stdin, &signals);
         stop_vcpus(&threads);

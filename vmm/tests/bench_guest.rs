@@ -136,3 +136,24 @@ fn overhead_reports_memory_beyond_guest_and_start_time() {
         "scratch left behind"
     );
 }
+
+#[test]
+fn an_existing_image_is_refused() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("temp dir");
+    let image = dir.path().join("precious.img");
+    std::fs::write(&image, b"data").expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args(["bench", "--count", "4", "--modes", "unsafe", "--image"])
+        .arg(&image)
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .expect("run ferrite");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("exists") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&image).expect("read"), b"data");
+}

@@ -105,7 +105,12 @@ fn stream_and_kill(
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
-        if !killed && (rep.acked.len() as u64 >= KILL_AFTER || Instant::now() > deadline) {
+        // With flushes asked for, wait for one to complete too: on a loaded
+        // host a flush can still be in flight after KILL_AFTER acks, and
+        // the test must see a flush to check what it promised.
+        let enough = rep.acked.len() as u64 >= KILL_AFTER
+            && (flush_every == 0 || rep.last_flushed.is_some());
+        if !killed && (enough || Instant::now() > deadline) {
             child.kill().expect("SIGKILL ferrite");
             killed = true;
         }

@@ -5,7 +5,7 @@
  *   probe=A,B,...              scenarios, run in order on each disk
  *   probe.disk=N               run the scenarios on disk N only
  *   probe.nofeatures=a,b       feature names the driver refuses
- *   stream.count=N stream.depth=D stream.flush_every=K
+ *   stream.count=N stream.depth=D stream.flush_every=K stream.keep_going=0|1
  *   virtio_mmio.device=SIZE@ADDR:IRQ[:ID]   one per disk, in order
  */
 #include "probe.h"
@@ -116,6 +116,8 @@ static void parse_word(const char *w, unsigned long len, struct config *cfg)
 		parse_u64(v, &cfg->stream_depth, cfg);
 	} else if ((v = param(w, len, "stream.flush_every"))) {
 		parse_u64(v, &cfg->stream_flush_every, cfg);
+	} else if ((v = param(w, len, "stream.keep_going"))) {
+		parse_u64(v, &cfg->stream_keep_going, cfg);
 	} else if ((v = param(w, len, "virtio_mmio.device"))) {
 		parse_mmio(v, cfg);
 	}

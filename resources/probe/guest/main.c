@@ -12,7 +12,23 @@ struct hvm_start_info {
 	u32 nr_modules;
 	u64 modlist_paddr;
 	u64 cmdline_paddr;
+	u64 rsdp_paddr;
+	u64 memmap_paddr;       /* version >= 1 */
+	u32 memmap_entries;
+	u32 reserved;
 };
+
+/* One hvm_memmap_table_entry (an E820 entry). */
+struct hvm_memmap_entry {
+	u64 addr;
+	u64 size;
+	u32 type;
+	u32 reserved;
+};
+
+#define MEMMAP_RAM 1
+
+u64 g_ram_end;
 
 u8 bufs[NSLOTS][BUF_SIZE] __attribute__((aligned(4096)));
 static struct config cfg;
@@ -29,6 +45,19 @@ static void __attribute__((noreturn)) verdict(void)
 	outb(DEBUG_EXIT_PORT, why ? 1 : 0);
 	for (;;)
 		__asm__ volatile("cli; hlt");
+}
+
+/* The end of the highest RAM range of the PVH memory map (0: no map). */
+static u64 ram_end(const struct hvm_start_info *si)
+{
+	if (si->version < 1 || !si->memmap_paddr)
+		return 0;
+	const struct hvm_memmap_entry *m = (const void *)si->memmap_paddr;
+	u64 end = 0;
+	for (u32 i = 0; i < si->memmap_entries && i < 128; i++)
+		if (m[i].type == MEMMAP_RAM && m[i].addr + m[i].size > end)
+			end = m[i].addr + m[i].size;
+	return end;
 }
 
 static void print_info(struct disk *d)
@@ -71,6 +100,8 @@ void probe_main(u64 start_info)
 	int have_si = si && si->magic == HVM_START_MAGIC;
 	parse_cmdline(have_si && si->cmdline_paddr ? (const char *)si->cmdline_paddr : NULL, &cfg);
 	g_nofeatures = cfg.nofeatures;
+	if (have_si)
+		g_ram_end = ram_end(si);
 	if (have_si && si->cmdline_paddr) {
 		puts("PROBE cmdline ");
 		puts((const char *)si->cmdline_paddr);

@@ -58,6 +58,7 @@ struct config {
 	u64 stream_count;
 	u64 stream_depth;
 	u64 stream_flush_every;
+	u64 stream_keep_going;   /* report failed requests and go on */
 	int ndisks;
 	struct mmio_entry mmio[MAX_DISKS];
 	const char *error;      /* first parse error, or NULL */
@@ -181,6 +182,10 @@ int do_req(struct disk *d, u32 type, u64 sector, const struct seg *segs, int n);
 int free_slot(struct disk *d);
 #define TIMEOUT_IO (1UL << 36)     /* TSC cycles: ~20-30 s at 2-3 GHz */
 #define TIMEOUT_SHORT (1UL << 31)  /* ~1 s: how long badchain waits */
+
+/* ---- main.c ---- */
+/* End of guest RAM from the PVH memory map (0 when there is none). */
+extern u64 g_ram_end;
 
 /* ---- scenarios.c ---- */
 /* Each returns 0 on pass; on failure it records a reason with fail(). */

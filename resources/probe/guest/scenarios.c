@@ -313,6 +313,115 @@ static int scen_badchain(struct disk *d)
 	return bad | badchain_kind(d, "readonly_status", 1);
 }
 
+/*
+ * Chains a hostile guest might craft, one case after another. Each is a
+ * 512-byte-or-more write to HOSTILE_SECTOR whose data or links are bad: the
+ * device must refuse it (DEVICE_NEEDS_RESET, or no answer) without touching
+ * the disk, then work again after a reset. The host checks the image.
+ */
+#define HOSTILE_SECTOR 64   /* where a wrongly accepted write would land */
+#define HOSTILE_RECOVERY 40 /* the write + read after each reset */
+
+enum { H_MMIO, H_PAST_RAM, H_WRAP, H_LONG_CHAIN, H_LOOP, H_BAD_NEXT, H_CASES };
+
+static const char *const hostile_names[H_CASES] = {
+	"mmio_hole", "past_ram", "wrap", "long_chain", "loop", "bad_next",
+};
+
+/*
+ * Writes case c's descriptors from index 0 and publishes head 0; *data gets
+ * the data descriptor (the first one for the link cases).
+ */
+static const char *hostile_submit(struct disk *d, int c, struct vdesc *out)
+{
+	struct slot *sl = &d->slots[0];
+	struct vdesc *t = d->desc;
+	u16 q = (u16)d->qsize;
+	sl->hdr = (struct blk_hdr){VIRTIO_BLK_T_OUT, 0, HOSTILE_SECTOR};
+	sl->status = 0xff;
+	fill_pattern(bufs[0], 0xb000, BUF_SIZE);
+	struct vdesc hdr = {(u64)&sl->hdr, sizeof(sl->hdr), VRING_DESC_F_NEXT, 1};
+	struct vdesc data = {(u64)bufs[0], SECTOR, VRING_DESC_F_NEXT, 2};
+	struct vdesc status = {(u64)&sl->status, 1, VRING_DESC_F_WRITE, 0};
+	switch (c) {
+	case H_MMIO: /* the disk's own register window: not RAM */
+		data.addr = d->base;
+		break;
+	case H_PAST_RAM: /* starts in RAM, ends 3840 bytes past it */
+		if (!g_ram_end)
+			return "ram_size_unknown";
+		data.addr = g_ram_end - 256;
+		data.len = BUF_SIZE;
+		break;
+	case H_WRAP: /* addr + len overflows 64 bits */
+		data.addr = 0xfffffffffffff000UL;
+		data.len = 0x2000;
+		break;
+	case H_LONG_CHAIN: /* 0 -> 1 -> ... -> q-1 -> 0: more than q links */
+		for (u16 i = 1; i < q; i++)
+			t[i] = (struct vdesc){(u64)bufs[0], SECTOR, VRING_DESC_F_NEXT,
+					      (u16)((i + 1) % q)};
+		break;
+	case H_LOOP: /* 0 -> 1 -> 0 */
+		data.next = 0;
+		break;
+	case H_BAD_NEXT: /* the first index past the table */
+		data.next = q;
+		break;
+	}
+	*out = data;
+	if (c != H_LONG_CHAIN) {
+		t[1] = data;
+		t[2] = status;
+	}
+	/* One descriptor keeps its flags and next as given: our links stand. */
+	submit_raw(d, 0, &hdr, 1);
+	return NULL;
+}
+
+/* One case: submit, wait about a second, reset, re-initialise, write+read. */
+static int hostile_case(struct disk *d, int c, int *recovered)
+{
+	struct vdesc data = {0, 0, 0, 0};
+	const char *e = hostile_submit(d, c, &data), *how = "not_submitted";
+	int st = -1;
+	if (!e) {
+		int r = poll_used(d, TIMEOUT_SHORT);
+		how = "no_completion";
+		if (r == POLL_NEEDS_RESET || (device_status(d) & STATUS_NEEDS_RESET))
+			how = "needs_reset";
+		else if (r >= 0 || r == POLL_BAD_ID)
+			how = "completed", e = "hostile_completed", st = d->slots[0].status;
+	}
+	head("hostile", d);
+	kv_str("case", hostile_names[c]);
+	kv_str("outcome", how);
+	if (c <= H_WRAP) {
+		kv_hex("addr", data.addr);
+		kv_hex("len", data.len);
+	} else if (c == H_BAD_NEXT) {
+		kv_dec("next", data.next);
+	}
+	if (st >= 0)
+		kv_dec("status", (u64)st);
+	/* Reset whatever happened: the next case needs a clean queue. */
+	disk_reset(d);
+	const char *r = disk_init(d);
+	if (!r)
+		r = write_read(d, HOSTILE_RECOVERY, BUF_SIZE, 0xa000 + (u64)c);
+	*recovered = !r;
+	kv_dec("recovered", (u64)*recovered);
+	return result(e ? e : r);
+}
+
+static int scen_hostile(struct disk *d)
+{
+	int bad = 0, recovered = 1;
+	for (int c = 0; c < H_CASES && recovered; c++)
+		bad |= hostile_case(d, c, &recovered);
+	return bad;
+}
+
 static int scen_info(struct disk *d)
 {
 	(void)d;
@@ -326,6 +435,7 @@ static const struct {
 	{"info", scen_info},       {"rw", scen_rw},           {"flush", scen_flush},
 	{"wce", scen_wce},         {"getid", scen_getid},     {"discard", scen_discard},
 	{"zeroes", scen_zeroes},   {"readonly", scen_readonly}, {"badchain", scen_badchain},
+	{"hostile", scen_hostile},
 };
 
 int scenario_known(const char *name)

@@ -7,6 +7,10 @@
  *   PROBE ack seq=N       write N completed
  *   PROBE flushed seq=N   a FLUSH completed that was submitted after every
  *                         write 0..N had completed, so all of them are durable
+ * With stream.keep_going=1 a failed request is reported and the stream goes
+ * on (host fault tests: a full or failing disk must not stop the device):
+ *   PROBE ioerr seq=N status=S        write N completed with status S
+ *   PROBE flush_failed seq=N status=S that FLUSH completed with status S
  */
 #include "probe.h"
 
@@ -56,6 +60,7 @@ int stream(struct disk *d, struct config *cfg)
 
 	/* done_base: lowest seq not yet acked; bit i of window: done_base+i acked. */
 	u64 next = 0, done_base = 0, window = 0, inflight = 0, since_flush = 0, acks = 0;
+	u64 errors = 0;
 	u64 flushed = 0; /* done_base covered by the last completed flush */
 	int flush_busy = 0;
 	for (;;) {
@@ -86,16 +91,30 @@ int stream(struct disk *d, struct config *cfg)
 		if (r < 0)
 			return stream_fail(d, poll_reason(r));
 		struct slot *sl = &d->slots[r];
-		if (sl->status != VIRTIO_BLK_S_OK)
-			return stream_fail(d, sl->hdr.type == VIRTIO_BLK_T_FLUSH ? "flush_status" : "write_status");
-		if (sl->hdr.type == VIRTIO_BLK_T_FLUSH) {
+		int is_flush = sl->hdr.type == VIRTIO_BLK_T_FLUSH;
+		int ok = sl->status == VIRTIO_BLK_S_OK;
+		if (!ok && !cfg->stream_keep_going)
+			return stream_fail(d, is_flush ? "flush_status" : "write_status");
+		if (!ok) {
+			errors++;
+			puts(is_flush ? "PROBE flush_failed" : "PROBE ioerr");
+			kv_dec("seq", is_flush ? sl->tag - 1 : sl->tag);
+			kv_dec("status", sl->status);
+			endl();
+		}
+		if (is_flush) {
+			/* A failed flush is not retried: the next one comes after
+			 * K more acks (or none, at the end). */
 			flush_busy = 0;
 			flushed = sl->tag;
-			line("flushed", sl->tag - 1);
+			if (ok)
+				line("flushed", sl->tag - 1);
 			continue;
 		}
-		line("ack", sl->tag);
-		acks++;
+		if (ok) {
+			line("ack", sl->tag);
+			acks++;
+		}
 		inflight--;
 		since_flush++;
 		window |= 1UL << (sl->tag - done_base);
@@ -107,6 +126,8 @@ int stream(struct disk *d, struct config *cfg)
 	puts("PROBE stream");
 	kv_dec("disk", (u64)d->index);
 	kv_dec("acks", acks);
+	if (cfg->stream_keep_going)
+		kv_dec("errors", errors);
 	kv_str("result", "ok");
 	endl();
 	return 0;

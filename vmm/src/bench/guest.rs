@@ -22,7 +22,7 @@ const WRITE_BYTES: f64 = 4096.0;
 /// What the guest comparison runs.
 #[derive(Clone, Debug)]
 pub struct GuestConfig {
-    /// The scratch image (created, then removed, unless it existed).
+    /// The scratch image: created (it must not exist), then removed.
     pub image: PathBuf,
     /// Its size when created.
     pub size: u64,
@@ -129,21 +129,27 @@ pub fn run(cfg: &GuestConfig, scratch: &Path) -> Result<Report, BenchError> {
         let path = path.to_path_buf();
         move |source| BenchError::Image { path, source }
     };
-    std::fs::write(&kernel, probe::PROBE_ELF).map_err(img_err(&kernel))?;
-    let created = !cfg.image.exists();
-    if created {
-        std::fs::File::create(&cfg.image)
-            .and_then(|f| f.set_len(cfg.size))
-            .map_err(img_err(&cfg.image))?;
+    // The guest overwrites the image from sector 0: never take a file
+    // that might hold someone's data.
+    if cfg.image.exists() {
+        return Err(BenchError::Usage(format!(
+            "{} exists; give a path to create (the scratch image is written over, then removed)",
+            cfg.image.display()
+        )));
     }
+    std::fs::write(&kernel, probe::PROBE_ELF).map_err(img_err(&kernel))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&cfg.image)
+        .and_then(|f| f.set_len(cfg.size))
+        .map_err(img_err(&cfg.image))?;
     let result = cfg
         .modes
         .iter()
         .map(|&mode| run_mode(&exe, &kernel, scratch, cfg, mode))
         .collect::<Result<Vec<_>, _>>();
-    if created {
-        let _ = std::fs::remove_file(&cfg.image);
-    }
+    let _ = std::fs::remove_file(&cfg.image);
     Ok(Report {
         kvm_emulated: super::host::kvm_emulated(),
         probe: probe_cmdline(cfg),

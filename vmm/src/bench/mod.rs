@@ -25,8 +25,27 @@ use clap::Args;
 use io_path::driver::WaitMode;
 use io_path::{BenchError, IoPathConfig, WORKLOADS};
 
+const BENCH_HELP: &str = "\
+Without --io-path or --overhead: boots the built-in probe guest once per cache mode on a
+scratch image (--image, default a temporary file) with `probe=stream`, and prints per mode
+the guest-side IOPS and MB/s, host syncs per write, and whether a completed write is durable.
+On an emulating KVM (no vmx/svm, kvm_pvm) the guest-side rates measure the emulator.
+
+--io-path: drives ferrite's virtio-blk device (MMIO transport, I/O thread, block backend)
+from an in-process driver through guest memory and a split virtqueue, and runs fio with the
+matching flags on the same file in the same run; one line per case, ratio = ferrite/fio IOPS.
+
+--overhead: resident memory beyond guest RAM with a 128 MiB probe guest, and the time from
+spawning ferrite to its first KVM_RUN.
+
+Examples:
+  ferrite bench --json modes.json
+  ferrite bench --io-path --dir /var/tmp --runtime 2s --modes none,directsync --engines io_uring
+  ferrite bench --overhead";
+
 /// Options of `ferrite bench`.
 #[derive(Debug, Args)]
+#[command(long_about = BENCH_HELP)]
 pub struct BenchArgs {
     /// Benchmark the host-side I/O path (device + block backend, no guest)
     /// against fio on the same file, per cache mode, engine and workload.
@@ -40,7 +59,8 @@ pub struct BenchArgs {
     /// first of $TMPDIR, /tmp, /var/tmp, . on a disk-backed file system).
     #[arg(long, value_name = "PATH")]
     pub dir: Option<PathBuf>,
-    /// Scratch image size (K, M, G, T suffixes; no suffix means MiB).
+    /// Scratch image size (K, M, G, T suffixes; no suffix means MiB); the
+    /// probe guest's image is at most 1G.
     #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
     pub size: u64,
     /// Time of one run (suffix ms or s; no suffix means seconds).
@@ -63,7 +83,8 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "irq")]
     pub wait: WaitMode,
     /// Scratch image for the probe guest [default: a temporary file in the
-    /// scratch directory]; created at --size if missing (then removed).
+    /// scratch directory]; must not exist: created at --size (at most 1G),
+    /// written over, then removed.
     #[arg(long, value_name = "PATH", conflicts_with = "io_path")]
     pub image: Option<PathBuf>,
     /// Writes the probe guest makes per cache mode.

@@ -23,6 +23,7 @@ use crate::boot::EntryPoint;
 use crate::memory::{
     BOOT_STACK_POINTER, GDT_START, IDT_START, PML4_START, PVH_INFO_START, ZERO_PAGE_START,
 };
+use crate::seccomp::{Filters, ThreadKind};
 
 const CR0_PE: u64 = 1;
 const CR0_ET: u64 = 1 << 4;
@@ -186,13 +187,24 @@ pub fn install_kick_handler() -> Result<(), KvmError> {
     })
 }
 
-/// Runs vCPU `id` until it ends or `stop` is set.
-pub fn run_loop(vcpu: &mut VcpuFd, id: u8, pio: &Bus, mmio: &Bus, stop: &AtomicBool) -> VcpuEnd {
-    let run: *mut kvm_run = vcpu.get_kvm_run();
-    KVM_RUN.with(|p| p.set(run));
+/// Runs vCPU `id` until it ends or `stop` is set, under its seccomp
+/// filter (installed here, before the guest runs).
+pub fn run_loop(
+    vcpu: &mut VcpuFd,
+    id: u8,
+    pio: &Bus,
+    mmio: &Bus,
+    stop: &AtomicBool,
+    filters: &Filters,
+) -> VcpuEnd {
     if id == 0 {
         crate::bench::overhead::note_first_kvm_run();
     }
+    if let Err(e) = filters.install(ThreadKind::Vcpu, &format!("vcpu{id}")) {
+        return VcpuEnd::Failed(e.to_string());
+    }
+    let run: *mut kvm_run = vcpu.get_kvm_run();
+    KVM_RUN.with(|p| p.set(run));
     let end = dispatch(vcpu, id, pio, mmio, stop);
     KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
     end

@@ -55,7 +55,15 @@ pub enum BlockDeviceError {
     /// The I/O thread could not be started.
     #[error("cannot start the virtio-blk I/O thread: {0}")]
     Spawn(std::io::Error),
+    /// The I/O thread's start hook failed (e.g. its seccomp filter).
+    #[error("the virtio-blk I/O thread could not start: {0}")]
+    ThreadStart(String),
 }
+
+/// Runs first on the device's I/O thread, before it serves anything (the
+/// VMM installs the thread's seccomp filter here). An error stops the
+/// thread and fails [`BlockDevice::with_thread_start`].
+pub type ThreadStart = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
 /// The features a disk gets (DESIGN.md "Cache modes": VERSION_1, FLUSH and
 /// CONFIG_WCE always; RO, DISCARD, WRITE_ZEROES as the disk allows).
@@ -139,6 +147,16 @@ impl BlockDevice {
     /// Takes over `disk` (moved to the device's I/O thread, which starts
     /// now). `serial` is what GET_ID returns (first 20 bytes; none: empty).
     pub fn new(disk: Disk, serial: Option<String>) -> Result<Self, BlockDeviceError> {
+        Self::with_thread_start(disk, serial, None)
+    }
+
+    /// As [`BlockDevice::new`], with `start` run first on the I/O thread;
+    /// returns once it has run.
+    pub fn with_thread_start(
+        disk: Disk,
+        serial: Option<String>,
+        start: Option<ThreadStart>,
+    ) -> Result<Self, BlockDeviceError> {
         let features = features_for(&disk);
         let config = config_for(&disk);
         let limits = DiskLimits {
@@ -158,7 +176,7 @@ impl BlockDevice {
         let write_cache = disk.write_cache();
         let notify = EventFd::new(libc::EFD_NONBLOCK).map_err(BlockDeviceError::Events)?;
         let id = id_bytes(serial.as_deref().unwrap_or(""));
-        let worker = Worker::spawn(disk, &notify, limits, id, identity)?;
+        let worker = Worker::spawn(disk, &notify, limits, id, identity, start)?;
         Ok(BlockDevice {
             features,
             config,
@@ -284,5 +302,44 @@ impl Drop for BlockDevice {
     /// the final report stays available through the handles).
     fn drop(&mut self) {
         self.worker.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disk(dir: &std::path::Path) -> Disk {
+        let path = dir.join("img");
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(1 << 20)
+            .unwrap();
+        Disk::open(&block::DiskConfig::new(path)).unwrap()
+    }
+
+    #[test]
+    fn the_start_hook_runs_on_the_io_thread_before_new_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let record = seen.clone();
+        let hook: ThreadStart = Box::new(move || {
+            *record.lock().unwrap() = std::thread::current().name().map(str::to_string);
+            Ok(())
+        });
+        let device = BlockDevice::with_thread_start(disk(dir.path()), None, Some(hook)).unwrap();
+        assert_eq!(seen.lock().unwrap().as_deref(), Some("ferrite-blk"));
+        drop(device);
+    }
+
+    #[test]
+    fn a_failing_start_hook_fails_the_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let hook: ThreadStart = Box::new(|| Err("no filter".to_string()));
+        match BlockDevice::with_thread_start(disk(dir.path()), None, Some(hook)) {
+            Err(BlockDeviceError::ThreadStart(why)) => assert_eq!(why, "no filter"),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("the device started"),
+        }
     }
 }

@@ -23,7 +23,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::device::BlockDeviceError;
+use super::device::{BlockDeviceError, ThreadStart};
 use super::metrics::{BlockReport, DeviceCounters, Identity, Live};
 use super::request::{
     write_id, DiskLimits, Finished, GuestRange, InFlight, ParseError, Request, RequestError,
@@ -78,6 +78,7 @@ impl Worker {
         limits: DiskLimits,
         id: [u8; ID_BYTES],
         identity: Identity,
+        start: Option<ThreadStart>,
     ) -> Result<Arc<Worker>, BlockDeviceError> {
         let ev = BlockDeviceError::Events;
         let wake = EventFd::new(libc::EFD_NONBLOCK).map_err(ev)?;
@@ -120,10 +121,24 @@ impl Worker {
             completions: Vec::new(),
             finished: Vec::new(),
         };
+        let (started_tx, started) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("ferrite-blk".into())
-            .spawn(move || io.run())
+            .spawn(move || {
+                let ok = start.map_or(Ok(()), |start| start());
+                let go = ok.is_ok();
+                let _ = started_tx.send(ok);
+                if go {
+                    io.run();
+                }
+            })
             .map_err(BlockDeviceError::Spawn)?;
+        // The hook runs before the thread touches anything the guest sends.
+        match started.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => return Err(BlockDeviceError::ThreadStart(why)),
+            Err(_) => return Err(BlockDeviceError::ThreadStart("the thread died".into())),
+        }
         Ok(Arc::new(Worker {
             tx,
             wake,

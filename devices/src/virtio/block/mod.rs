@@ -28,7 +28,7 @@ pub mod request;
 
 use std::sync::Arc;
 
-pub use device::{BlockDevice, BlockDeviceError};
+pub use device::{BlockDevice, BlockDeviceError, ThreadStart};
 pub use metrics::{BlockReport, DeviceCounters};
 
 use io_thread::Worker;
