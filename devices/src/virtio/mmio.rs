@@ -33,35 +33,70 @@ pub const VENDOR_ID: u32 = u32::from_le_bytes(*b"FRTE");
 /// Start of device-specific configuration space.
 pub const CONFIG_OFFSET: u64 = 0x100;
 
-// Register offsets (§4.2.2, Table "MMIO Device Register Layout").
-const MAGIC: u64 = 0x000;
-const VERSION: u64 = 0x004;
-const DEVICE_ID: u64 = 0x008;
-const VENDOR: u64 = 0x00c;
-const DEVICE_FEATURES: u64 = 0x010;
-const DEVICE_FEATURES_SEL: u64 = 0x014;
-const DRIVER_FEATURES: u64 = 0x020;
-const DRIVER_FEATURES_SEL: u64 = 0x024;
-const QUEUE_SEL: u64 = 0x030;
-const QUEUE_NUM_MAX: u64 = 0x034;
-const QUEUE_NUM: u64 = 0x038;
-const QUEUE_READY: u64 = 0x044;
-const QUEUE_NOTIFY: u64 = NOTIFY_OFFSET;
-const INTERRUPT_STATUS: u64 = 0x060;
-const INTERRUPT_ACK: u64 = 0x064;
-const STATUS: u64 = 0x070;
-const QUEUE_DESC_LOW: u64 = 0x080;
-const QUEUE_DESC_HIGH: u64 = 0x084;
-const QUEUE_DRIVER_LOW: u64 = 0x090;
-const QUEUE_DRIVER_HIGH: u64 = 0x094;
-const QUEUE_DEVICE_LOW: u64 = 0x0a0;
-const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
-const SHM_SEL: u64 = 0x0ac;
-const SHM_LEN_LOW: u64 = 0x0b0;
-const SHM_LEN_HIGH: u64 = 0x0b4;
-const SHM_BASE_LOW: u64 = 0x0b8;
-const SHM_BASE_HIGH: u64 = 0x0bc;
-const CONFIG_GENERATION: u64 = 0x0fc;
+/// Register offsets of the virtio-mmio v2 layout (§4.2.2, Table "MMIO
+/// Device Register Layout"), for the transport and for drivers.
+pub mod reg {
+    /// Magic.
+    pub const MAGIC: u64 = 0x000;
+    /// Version.
+    pub const VERSION: u64 = 0x004;
+    /// DeviceId.
+    pub const DEVICE_ID: u64 = 0x008;
+    /// Vendor.
+    pub const VENDOR: u64 = 0x00c;
+    /// DeviceFeatures.
+    pub const DEVICE_FEATURES: u64 = 0x010;
+    /// DeviceFeaturesSel.
+    pub const DEVICE_FEATURES_SEL: u64 = 0x014;
+    /// DriverFeatures.
+    pub const DRIVER_FEATURES: u64 = 0x020;
+    /// DriverFeaturesSel.
+    pub const DRIVER_FEATURES_SEL: u64 = 0x024;
+    /// QueueSel.
+    pub const QUEUE_SEL: u64 = 0x030;
+    /// QueueNumMax.
+    pub const QUEUE_NUM_MAX: u64 = 0x034;
+    /// QueueNum.
+    pub const QUEUE_NUM: u64 = 0x038;
+    /// QueueReady.
+    pub const QUEUE_READY: u64 = 0x044;
+    /// QueueNotify.
+    pub const QUEUE_NOTIFY: u64 = super::NOTIFY_OFFSET;
+    /// InterruptStatus.
+    pub const INTERRUPT_STATUS: u64 = 0x060;
+    /// InterruptAck.
+    pub const INTERRUPT_ACK: u64 = 0x064;
+    /// Status.
+    pub const STATUS: u64 = 0x070;
+    /// QueueDescLow.
+    pub const QUEUE_DESC_LOW: u64 = 0x080;
+    /// QueueDescHigh.
+    pub const QUEUE_DESC_HIGH: u64 = 0x084;
+    /// QueueDriverLow.
+    pub const QUEUE_DRIVER_LOW: u64 = 0x090;
+    /// QueueDriverHigh.
+    pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
+    /// QueueDeviceLow.
+    pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
+    /// QueueDeviceHigh.
+    pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+    /// ShmSel.
+    pub const SHM_SEL: u64 = 0x0ac;
+    /// ShmLenLow.
+    pub const SHM_LEN_LOW: u64 = 0x0b0;
+    /// ShmLenHigh.
+    pub const SHM_LEN_HIGH: u64 = 0x0b4;
+    /// ShmBaseLow.
+    pub const SHM_BASE_LOW: u64 = 0x0b8;
+    /// ShmBaseHigh.
+    pub const SHM_BASE_HIGH: u64 = 0x0bc;
+    /// ConfigGeneration.
+    pub const CONFIG_GENERATION: u64 = 0x0fc;
+    /// Device-specific configuration space.
+    pub const CONFIG: u64 = super::CONFIG_OFFSET;
+}
+
+use reg::*;
 
 const ACKNOWLEDGE: u8 = VIRTIO_CONFIG_S_ACKNOWLEDGE as u8;
 const DRIVER: u8 = VIRTIO_CONFIG_S_DRIVER as u8;

@@ -6,55 +6,14 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use virtio_bindings::virtio_blk::VIRTIO_BLK_T_GET_ID;
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_OUT};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::bus::{lock, SharedDevice};
 
 /// Register offsets a driver uses (virtio 1.2 §4.2.2).
-pub mod reg {
-    /// DeviceFeatures.
-    pub const DEVICE_FEATURES: u64 = 0x010;
-    /// DeviceFeaturesSel.
-    pub const DEVICE_FEATURES_SEL: u64 = 0x014;
-    /// DriverFeatures.
-    pub const DRIVER_FEATURES: u64 = 0x020;
-    /// DriverFeaturesSel.
-    pub const DRIVER_FEATURES_SEL: u64 = 0x024;
-    /// QueueSel.
-    pub const QUEUE_SEL: u64 = 0x030;
-    /// QueueNumMax.
-    pub const QUEUE_NUM_MAX: u64 = 0x034;
-    /// QueueNum.
-    pub const QUEUE_NUM: u64 = 0x038;
-    /// QueueReady.
-    pub const QUEUE_READY: u64 = 0x044;
-    /// QueueNotify.
-    pub const QUEUE_NOTIFY: u64 = 0x050;
-    /// InterruptStatus.
-    pub const INTERRUPT_STATUS: u64 = 0x060;
-    /// InterruptACK.
-    pub const INTERRUPT_ACK: u64 = 0x064;
-    /// Status.
-    pub const STATUS: u64 = 0x070;
-    /// QueueDescLow.
-    pub const QUEUE_DESC_LOW: u64 = 0x080;
-    /// QueueDescHigh.
-    pub const QUEUE_DESC_HIGH: u64 = 0x084;
-    /// QueueDriverLow.
-    pub const QUEUE_DRIVER_LOW: u64 = 0x090;
-    /// QueueDriverHigh.
-    pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
-    /// QueueDeviceLow.
-    pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
-    /// QueueDeviceHigh.
-    pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
-    /// ConfigGeneration.
-    pub const CONFIG_GENERATION: u64 = 0x0fc;
-    /// Device configuration space.
-    pub const CONFIG: u64 = 0x100;
-}
+pub use super::mmio::reg;
 
 /// Status bits.
 pub mod status {
@@ -373,11 +332,6 @@ impl Driver {
         data_lens: &[u32],
         writable: bool,
     ) -> BlkRequest {
-        let hdr = self.alloc(16);
-        let mut raw = [0u8; 16];
-        raw[..4].copy_from_slice(&request_type.to_le_bytes());
-        raw[8..].copy_from_slice(&sector.to_le_bytes());
-        self.mem.write_slice(&raw, hdr).unwrap();
         let data: Vec<Buf> = data_lens
             .iter()
             .map(|&len| Buf {
@@ -386,6 +340,17 @@ impl Driver {
                 writable,
             })
             .collect();
+        self.publish_blk(request_type, sector, data)
+    }
+
+    /// Puts header, `data` and a status byte preset to 0xff in one chain
+    /// and makes it available.
+    fn publish_blk(&mut self, request_type: u32, sector: u64, data: Vec<Buf>) -> BlkRequest {
+        let hdr = self.alloc(16);
+        let mut raw = [0u8; 16];
+        raw[..4].copy_from_slice(&request_type.to_le_bytes());
+        raw[8..].copy_from_slice(&sector.to_le_bytes());
+        self.mem.write_slice(&raw, hdr).unwrap();
         let status = self.alloc(1);
         self.mem.write_obj(0xffu8, status).unwrap();
         let mut bufs = vec![Buf::readable(hdr, 16)];
@@ -393,6 +358,17 @@ impl Driver {
         bufs.push(Buf::writable(status, 1));
         let head = self.add_chain(&bufs);
         BlkRequest { head, data, status }
+    }
+
+    /// A T_OUT request whose one data buffer holds `payload`, written to
+    /// guest memory before the chain becomes available: a device may
+    /// process a chain as soon as it is in the available ring, before the
+    /// next notification.
+    pub fn blk_write(&mut self, sector: u64, payload: &[u8]) -> BlkRequest {
+        let len = u32::try_from(payload.len()).expect("payload fits a descriptor");
+        let buf = Buf::readable(self.alloc(u64::from(len)), len);
+        self.mem.write_slice(payload, buf.addr).unwrap();
+        self.publish_blk(VIRTIO_BLK_T_OUT, sector, vec![buf])
     }
 
     /// A GET_ID request with a buffer of `len` bytes.

@@ -31,21 +31,11 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::BenchError;
 
-// virtio-mmio v2 registers (virtio 1.2 §4.2.2).
-const DEVICE_FEATURES: u64 = 0x010;
-const DEVICE_FEATURES_SEL: u64 = 0x014;
-const DRIVER_FEATURES: u64 = 0x020;
-const DRIVER_FEATURES_SEL: u64 = 0x024;
-const QUEUE_SEL: u64 = 0x030;
-const QUEUE_NUM_MAX: u64 = 0x034;
-const QUEUE_NUM: u64 = 0x038;
-const QUEUE_READY: u64 = 0x044;
-const INTERRUPT_STATUS: u64 = 0x060;
-const INTERRUPT_ACK: u64 = 0x064;
-const STATUS: u64 = 0x070;
-const QUEUE_DESC_LOW: u64 = 0x080;
-const QUEUE_DRIVER_LOW: u64 = 0x090;
-const QUEUE_DEVICE_LOW: u64 = 0x0a0;
+use devices::virtio::mmio::reg::{
+    DEVICE_FEATURES, DEVICE_FEATURES_SEL, DRIVER_FEATURES, DRIVER_FEATURES_SEL, INTERRUPT_ACK,
+    INTERRUPT_STATUS, QUEUE_DESC_LOW, QUEUE_DEVICE_LOW, QUEUE_DRIVER_LOW, QUEUE_NUM, QUEUE_NUM_MAX,
+    QUEUE_READY, QUEUE_SEL, STATUS,
+};
 
 const ACKNOWLEDGE: u32 = 1;
 const DRIVER: u32 = 2;
