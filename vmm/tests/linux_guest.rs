@@ -280,10 +280,19 @@ fn check(label: &str, mode: CacheMode, pristine: &[u8], b: &Boot) {
         }
         other => panic!("{label}: unexpected exit {other:?}\n{}", b.describe()),
     };
-    println!(
+    let line = format!(
         "{label}: verified {level}; Run /init after {to_init:.1} s; {guest_flushes} guest flushes; \
          mount count {before} -> {after}"
     );
+    println!("{line}");
+    // cargo hides a passing test's output: scripts/test prints this file.
+    let report = Path::new(env!("CARGO_TARGET_TMPDIR")).join("linux-guest-report.txt");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(report)
+        .unwrap();
+    std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()).unwrap();
 }
 
 fn boot_and_check(mode: CacheMode, kernel_file: &str) {
