@@ -3,49 +3,25 @@
 //! stands in for the user's.
 
 mod common;
+#[path = "common/pty.rs"]
+mod pty;
 
-use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
-
-fn termios(fd: libc::c_int) -> libc::termios {
-    // SAFETY: plain data filled by tcgetattr.
-    let mut t: libc::termios = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid fd and pointer.
-    assert_eq!(unsafe { libc::tcgetattr(fd, &mut t) }, 0);
-    t
-}
+use pty::{open_pty, termios};
 
 #[test]
 fn ctrl_a_x_quits_and_the_terminal_is_restored() {
     if !kvm_available() {
         return;
     }
-    let (mut master, mut slave) = (0, 0);
-    // SAFETY: out-pointers to two ints; no name, default settings.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        eprintln!(
-            "SKIP: no pseudo-terminal: {}",
-            std::io::Error::last_os_error()
-        );
+    let Some((master, slave)) = open_pty() else {
         return;
-    }
-    // SAFETY: openpty returned two new descriptors that we now own.
-    let (master, slave) = unsafe { (File::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    };
     let slave_fd = std::os::fd::AsRawFd::as_raw_fd(&slave);
     let before = termios(slave_fd);
     assert_ne!(before.c_lflag & libc::ICANON, 0, "pty starts cooked");

@@ -10,10 +10,13 @@
 
 #[path = "common/probe.rs"]
 mod probe_util;
+#[path = "common/pty.rs"]
+mod pty;
 
 use std::process::{Command, Stdio};
 
 use probe_util::*;
+use pty::{open_pty, termios};
 
 const SELFTEST_ENV: &str = "FERRITE_SECCOMP_SELFTEST";
 /// `getppid` on x86-64: on no thread's allowlist.
@@ -125,42 +128,17 @@ fn the_test_switch_is_not_in_help() {
     assert!(!help.contains(SELFTEST_ENV), "{help}");
 }
 
-fn termios(fd: libc::c_int) -> libc::termios {
-    // SAFETY: plain data filled by tcgetattr.
-    let mut t: libc::termios = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid fd and pointer.
-    assert_eq!(unsafe { libc::tcgetattr(fd, &mut t) }, 0);
-    t
-}
-
 /// The console is in raw mode when the trap comes: the handler puts the
 /// terminal back before it exits.
 #[test]
 fn the_terminal_is_restored_after_a_forbidden_call() {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::fd::AsRawFd;
     if !kvm_usable() {
         return;
     }
-    let (mut master, mut slave) = (0, 0);
-    // SAFETY: out-pointers to two ints; no name, default settings.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        eprintln!(
-            "SKIP: no pseudo-terminal: {}",
-            std::io::Error::last_os_error()
-        );
+    let Some((_master, slave)) = open_pty() else {
         return;
-    }
-    // SAFETY: openpty returned two new descriptors that we now own.
-    let (_master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    };
     let before = termios(slave.as_raw_fd());
     assert_ne!(before.c_lflag & libc::ICANON, 0, "pty starts cooked");
     let dir = tempfile::tempdir().unwrap();
