@@ -6,10 +6,8 @@ mod common;
 #[path = "common/pty.rs"]
 mod pty;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
 
 use common::*;
 use pty::{open_pty, termios};
@@ -45,25 +43,7 @@ fn ctrl_a_x_quits_and_the_terminal_is_restored() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut seen = Vec::new();
-        let mut buf = [0u8; 64];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            seen.extend_from_slice(&buf[..n]);
-            if seen.ends_with(b"ready\n") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    if rx.recv_timeout(Duration::from_secs(30)).is_err() {
-        let _ = child.kill();
-        panic!("guest never printed ready");
-    }
+    wait_for_ready(&mut child);
     let during = termios(slave_fd);
     assert_eq!(
         during.c_lflag & (libc::ICANON | libc::ECHO | libc::ISIG),
