@@ -1,6 +1,7 @@
 //! End-to-end tests of a disk, written once and run against each engine
 //! (the `per_engine!` list at the end instantiates them).
 
+#[macro_use]
 mod common;
 
 use block::{BlockError, CacheMode, Disk, EngineKind, Op, QUEUE_DEPTH};
@@ -532,21 +533,6 @@ fn write_zeroes_durable_when_cache_off(engine: EngineKind) {
         let want = u64::from(mode != CacheMode::Unsafe);
         assert_eq!(d.stats().fdatasyncs, want, "{mode}: one sync either way");
     }
-}
-
-macro_rules! per_engine {
-    ($($name:ident),* $(,)?) => {
-        mod sync_engine {
-            $(#[test] fn $name() { super::$name(block::EngineKind::Sync) })*
-        }
-        mod io_uring_engine {
-            $(#[test] fn $name() {
-                if super::engine_available(block::EngineKind::IoUring) {
-                    super::$name(block::EngineKind::IoUring)
-                }
-            })*
-        }
-    };
 }
 
 per_engine!(

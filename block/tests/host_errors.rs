@@ -3,6 +3,7 @@
 //! fdatasync errors (sticky on buffered images), and sync counts checked
 //! from the file system's side (crashfs) rather than the disk's counters.
 
+#[macro_use]
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -388,21 +389,6 @@ fn block_device_4k_sectors(engine: EngineKind) {
         back[12288..8192 + 16384] == data[4096..],
         "reached the backing file"
     );
-}
-
-macro_rules! per_engine {
-    ($($name:ident),* $(,)?) => {
-        mod sync_engine {
-            $(#[test] fn $name() { super::$name(block::EngineKind::Sync) })*
-        }
-        mod io_uring_engine {
-            $(#[test] fn $name() {
-                if super::engine_available(block::EngineKind::IoUring) {
-                    super::$name(block::EngineKind::IoUring)
-                }
-            })*
-        }
-    };
 }
 
 per_engine!(

@@ -158,3 +158,21 @@ pub fn engine_available(engine: EngineKind) -> bool {
     }
     true
 }
+
+/// Turns each named `fn(EngineKind)` test body into two tests, one per
+/// engine; the io_uring one skips (with a reason) where io_uring is missing.
+#[allow(unused_macros)] // not every test file that includes `common` uses it
+macro_rules! per_engine {
+    ($($name:ident),* $(,)?) => {
+        mod sync_engine {
+            $(#[test] fn $name() { super::$name(block::EngineKind::Sync) })*
+        }
+        mod io_uring_engine {
+            $(#[test] fn $name() {
+                if super::engine_available(block::EngineKind::IoUring) {
+                    super::$name(block::EngineKind::IoUring)
+                }
+            })*
+        }
+    };
+}
