@@ -73,6 +73,10 @@ pub struct Disk {
     ready: VecDeque<Completion>,
     raw: Vec<RawCompletion>,
     eventfd: EventFd,
+    /// This side wrote `eventfd` since the last `drain_completions` read
+    /// it: one signal is enough until then, and a polling caller that
+    /// never reads it pays for one write, not one per completion.
+    signalled: bool,
     file: File,
     _lock: ImageLock,
 }
@@ -128,6 +132,7 @@ impl Disk {
             ready: VecDeque::new(),
             raw: Vec::with_capacity(QUEUE_DEPTH),
             eventfd,
+            signalled: false,
             file,
             _lock: lock,
         })
@@ -285,15 +290,45 @@ impl Disk {
     /// Submits queued operations to the kernel (io_uring batches until this;
     /// the sync engine runs them now).
     pub fn kick(&mut self) -> Result<(), BlockError> {
-        self.engine.kick().map_err(BlockError::Io)
+        self.engine.kick().map_err(BlockError::Io)?;
+        // The sync engine finished its work inside `kick`; the ring signals
+        // the eventfd itself.
+        if !self.engine.signals_completions() && self.engine.has_completions() {
+            self.signal();
+        }
+        Ok(())
     }
 
     /// Moves every finished operation into `out`, non-blocking; clears the eventfd.
     pub fn drain_completions(&mut self, out: &mut Vec<Completion>) {
         // Clear first: a completion landing after the reap signals again.
         let _ = self.eventfd.read();
+        self.signalled = false;
+        self.poll_completions(out);
+    }
+
+    /// Moves every finished operation into `out` without the system call
+    /// that clears the eventfd: for a caller that polls. The eventfd may
+    /// stay signalled, so the caller's next wait on it can wake once with
+    /// nothing to collect; `drain_completions` then clears it.
+    pub fn poll_completions(&mut self, out: &mut Vec<Completion>) {
         self.process();
         out.extend(self.ready.drain(..));
+    }
+
+    /// Whether a completion is waiting to be collected (no system call):
+    /// what a polling caller checks between its other work.
+    pub fn has_completions(&mut self) -> bool {
+        !self.ready.is_empty() || self.engine.has_completions()
+    }
+
+    /// Signals the eventfd unless this side already did since it was last
+    /// cleared.
+    fn signal(&mut self) {
+        if !self.signalled {
+            self.signalled = true;
+            let _ = self.eventfd.write(1);
+        }
     }
 
     /// Blocks until nothing is in flight, moving completions into `out`.
@@ -478,7 +513,7 @@ impl Disk {
                 res,
             });
             // Completions are collected through the eventfd, as the ring's.
-            let _ = self.eventfd.write(1);
+            self.signal();
             return;
         }
         // SAFETY: every pointer in `op` names memory owned by the request in
@@ -532,7 +567,7 @@ impl Disk {
             self.process();
         }
         if !self.ready.is_empty() {
-            let _ = self.eventfd.write(1);
+            self.signal();
         }
     }
 
@@ -631,7 +666,7 @@ impl Disk {
         }
         count_kind(&mut self.stats, kind);
         self.ready.push_back(c);
-        let _ = self.eventfd.write(1);
+        self.signal();
     }
 
     /// Counts and queues the completion of `r`.
@@ -729,6 +764,48 @@ mod tests {
         // WCE=0 in writeback/none is served by RWF_DSYNC, not a reopen.
         assert!(!dsync_fd(CacheMode::None, false));
         assert!(!dsync_fd(CacheMode::Unsafe, false));
+    }
+
+    #[test]
+    fn synchronous_completions_signal_once_until_the_eventfd_is_read() {
+        let f = tempfile::NamedTempFile::new_in(env!("CARGO_MANIFEST_DIR")).expect("temp");
+        f.as_file().set_len(1 << 20).expect("size");
+        let mut cfg = DiskConfig::new(f.path());
+        cfg.engine = Some(EngineKind::Sync);
+        let mut d = Disk::open(&cfg).expect("open");
+        let mut buf = vec![0x5au8; 3 * 4096];
+        let write = |d: &mut Disk, i: usize, buf: &mut [u8]| {
+            let seg = crate::Segment {
+                addr: buf[i * 4096..].as_mut_ptr(),
+                len: 4096,
+            };
+            let op = Op::Write {
+                offset: i as u64 * 4096,
+                segments: vec![seg],
+            };
+            // SAFETY: `buf` outlives the request, which the sync engine
+            // finishes inside `kick`, before the next line.
+            unsafe { d.submit(op, i as u64) }.expect("submit");
+            d.kick().expect("kick");
+        };
+        write(&mut d, 0, &mut buf);
+        write(&mut d, 1, &mut buf);
+        assert!(d.has_completions());
+        // Two completions, one signal.
+        assert_eq!(d.eventfd.read().ok(), Some(1));
+        let mut done = Vec::new();
+        d.poll_completions(&mut done);
+        assert_eq!(done.len(), 2);
+        assert!(!d.has_completions());
+        // The eventfd was read by hand, not through drain_completions: the
+        // disk still believes it signalled, so it does not signal again...
+        write(&mut d, 2, &mut buf);
+        assert!(d.eventfd.read().is_err(), "signalled twice");
+        // ...until drain_completions has read it.
+        d.drain_completions(&mut done);
+        assert_eq!(done.len(), 3);
+        write(&mut d, 0, &mut buf);
+        assert_eq!(d.eventfd.read().ok(), Some(1));
     }
 
     #[test]

@@ -5,7 +5,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use devices::virtio::block::{BlockDevice, BlockDeviceError, BlockHandle, ThreadStart};
+use devices::virtio::block::{
+    BlockDevice, BlockDeviceError, BlockHandle, BlockOptions, ThreadStart,
+};
 use devices::virtio::mmio::{MmioTransport, TransportError, MMIO_WINDOW_SIZE, NOTIFY_OFFSET};
 use devices::{Bus, BusError, InterruptLine};
 use kvm_ioctls::VmFd;
@@ -73,11 +75,15 @@ pub fn attach(
 ) -> Result<BlockHandle, DiskError> {
     let path = drive.path.display().to_string();
     let disk = block::Disk::open(&drive.disk_config())?;
-    let device = BlockDevice::with_thread_start(disk, drive.serial.clone(), io_thread_start)
-        .map_err(|source| DiskError::Device {
-            path: path.clone(),
-            source,
-        })?;
+    let opts = BlockOptions {
+        serial: drive.serial.clone(),
+        thread_start: io_thread_start,
+        ..BlockOptions::default()
+    };
+    let device = BlockDevice::with_options(disk, opts).map_err(|source| DiskError::Device {
+        path: path.clone(),
+        source,
+    })?;
     let irq = EventFd::new(EFD_NONBLOCK).map_err(|source| DiskError::EventFd {
         path: path.clone(),
         source,

@@ -118,6 +118,13 @@ pub(crate) trait Engine: Send {
     /// Moves finished operations into `out` without blocking.
     fn reap(&mut self, out: &mut Vec<RawCompletion>);
 
+    /// Whether `reap` would find something (no system call).
+    fn has_completions(&mut self) -> bool;
+
+    /// The engine signals the disk's eventfd for each completion itself
+    /// (else the disk does, after `kick`).
+    fn signals_completions(&self) -> bool;
+
     /// Blocks until at least one completion can be reaped (kicks first).
     /// Only call with operations in flight.
     fn wait(&mut self) -> io::Result<()>;
@@ -153,13 +160,13 @@ pub(crate) fn create(
     depth: usize,
 ) -> Result<Box<dyn Engine>, BlockError> {
     match kind {
-        Some(EngineKind::Sync) => Ok(Box::new(SyncEngine::new(fd, eventfd)?)),
+        Some(EngineKind::Sync) => Ok(Box::new(SyncEngine::new(fd))),
         Some(EngineKind::IoUring) => Ok(Box::new(
             UringEngine::new(fd, eventfd, depth).map_err(BlockError::Engine)?,
         )),
         None => match UringEngine::new(fd, eventfd, depth) {
             Ok(e) => Ok(Box::new(e)),
-            Err(_) => Ok(Box::new(SyncEngine::new(fd, eventfd)?)),
+            Err(_) => Ok(Box::new(SyncEngine::new(fd))),
         },
     }
 }

@@ -1,31 +1,27 @@
 //! The synchronous engine: each operation is one blocking host call, made
-//! at `kick`. Completions still go through a queue and the shared eventfd,
-//! so the caller has a single completion path whatever the engine.
+//! at `kick`. Completions still go through a queue (and the disk signals
+//! its eventfd after the kick), so the caller has a single completion path
+//! whatever the engine.
 
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 
-use vmm_sys_util::eventfd::EventFd;
-
 use super::{Engine, EngineKind, HostOp, RawCompletion};
-use crate::BlockError;
 
 pub(crate) struct SyncEngine {
     fd: RawFd,
-    eventfd: EventFd,
     queued: VecDeque<(HostOp, u64)>,
     done: VecDeque<RawCompletion>,
 }
 
 impl SyncEngine {
-    pub(crate) fn new(fd: RawFd, eventfd: &EventFd) -> Result<SyncEngine, BlockError> {
-        Ok(SyncEngine {
+    pub(crate) fn new(fd: RawFd) -> SyncEngine {
+        SyncEngine {
             fd,
-            eventfd: eventfd.try_clone().map_err(BlockError::Io)?,
             queued: VecDeque::new(),
             done: VecDeque::new(),
-        })
+        }
     }
 }
 
@@ -96,20 +92,25 @@ impl Engine for SyncEngine {
     }
 
     fn kick(&mut self) -> io::Result<()> {
-        if self.queued.is_empty() {
-            return Ok(());
-        }
         while let Some((op, tag)) = self.queued.pop_front() {
             // SAFETY: push's caller keeps the memory `op` names valid until
             // this completion is reaped.
             let res = unsafe { run_now(self.fd, op) };
             self.done.push_back(RawCompletion { tag, res });
         }
-        self.eventfd.write(1)
+        Ok(())
     }
 
     fn reap(&mut self, out: &mut Vec<RawCompletion>) {
         out.extend(self.done.drain(..));
+    }
+
+    fn has_completions(&mut self) -> bool {
+        !self.done.is_empty()
+    }
+
+    fn signals_completions(&self) -> bool {
+        false
     }
 
     fn wait(&mut self) -> io::Result<()> {

@@ -137,6 +137,14 @@ impl Engine for UringEngine {
         }));
     }
 
+    fn has_completions(&mut self) -> bool {
+        !self.ring.completion().is_empty()
+    }
+
+    fn signals_completions(&self) -> bool {
+        true
+    }
+
     fn wait(&mut self) -> io::Result<()> {
         if !self.ring.completion().is_empty() {
             return Ok(());

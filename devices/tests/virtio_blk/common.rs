@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use block::{BlockError, CacheMode, Disk, DiskConfig, EngineKind};
 use devices::bus::SharedDevice;
 use devices::interrupt::CountingInterrupt;
-use devices::virtio::block::{BlockDevice, BlockHandle, BlockReport};
+use devices::virtio::block::{
+    BlockDevice, BlockHandle, BlockOptions, BlockReport, DEFAULT_POLL_MAX,
+};
 use devices::virtio::mmio::MmioTransport;
 use devices::virtio::test_utils::{BlkRequest, Driver};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
@@ -51,6 +53,8 @@ pub struct Opts {
     pub serial: Option<String>,
     pub engine: Option<EngineKind>,
     pub sectors: u64,
+    /// The I/O thread's poll window.
+    pub poll_max: Duration,
 }
 
 impl Default for Opts {
@@ -61,6 +65,7 @@ impl Default for Opts {
             serial: Some("ferrite-test".into()),
             engine: None,
             sectors: SECTORS,
+            poll_max: DEFAULT_POLL_MAX,
         }
     }
 }
@@ -99,7 +104,15 @@ pub fn rig(opts: Opts) -> Option<Rig> {
         Err(e) => panic!("cannot open the test image: {e}"),
     };
     let supports_discard = disk.supports_discard();
-    let device = BlockDevice::new(disk, opts.serial).unwrap();
+    let device = BlockDevice::with_options(
+        disk,
+        BlockOptions {
+            serial: opts.serial,
+            poll_max: opts.poll_max,
+            ..BlockOptions::default()
+        },
+    )
+    .unwrap();
     // Two adjacent regions, so a buffer can straddle them (REGION_SPLIT).
     let half = (MEM_SIZE / 2) as usize;
     let mem = GuestMemoryMmap::from_ranges(&[

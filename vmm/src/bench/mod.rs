@@ -79,9 +79,14 @@ pub struct BenchArgs {
     /// randwrite-4k-qd32, randread-4k-qd1, randread-4k-qd32, seqwrite-1m-qd1.
     #[arg(long, value_name = "NAMES", value_delimiter = ',')]
     pub workloads: Vec<String>,
-    /// How the in-process driver waits for completions (--io-path).
-    #[arg(long, value_enum, default_value = "irq")]
+    /// How the in-process driver waits for completions (--io-path):
+    /// `hybrid` is a guest whose vCPU halts under KVM's halt polling.
+    #[arg(long, value_enum, default_value = "hybrid")]
     pub wait: WaitMode,
+    /// Longest time the disk's I/O thread spins for work before it sleeps,
+    /// in µs (--io-path; 0: never spins, as before polling existed).
+    #[arg(long, value_name = "US", default_value_t = devices::virtio::block::DEFAULT_POLL_MAX.as_micros() as u64)]
+    pub poll_us: u64,
     /// Scratch image for the probe guest [default: a temporary file in the
     /// scratch directory]; must not exist: created at --size (at most 1G),
     /// written over, then removed.
@@ -158,6 +163,7 @@ fn io_path_config(args: &BenchArgs) -> Result<IoPathConfig, BenchError> {
         engines,
         workloads,
         wait: args.wait,
+        poll_max: Duration::from_micros(args.poll_us),
     })
 }
 

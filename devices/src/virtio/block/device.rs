@@ -5,6 +5,7 @@
 //! drain in-flight I/O first) send it a message and wait for the answer.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use block::{CacheMode, Disk};
 use virtio_bindings::virtio_blk::{
@@ -18,6 +19,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::io_thread::{Control, Worker};
 use super::metrics::{BlockReport, Identity};
+use super::poll::DEFAULT_POLL_MAX;
 use super::request::{id_bytes, DiskLimits, SECTOR_SIZE};
 use super::BlockHandle;
 use crate::virtio::mmio::MmioTransport;
@@ -62,7 +64,7 @@ pub enum BlockDeviceError {
 
 /// Runs first on the device's I/O thread, before it serves anything (the
 /// VMM installs the thread's seccomp filter here). An error stops the
-/// thread and fails [`BlockDevice::with_thread_start`].
+/// thread and fails [`BlockDevice::with_options`].
 pub type ThreadStart = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
 /// The features a disk gets (DESIGN.md "Cache modes": VERSION_1, FLUSH and
@@ -143,20 +145,42 @@ pub struct BlockDevice {
     worker: Arc<Worker>,
 }
 
+/// How a [`BlockDevice`] runs, besides its disk.
+pub struct BlockOptions {
+    /// What GET_ID returns (first 20 bytes; none: empty).
+    pub serial: Option<String>,
+    /// Run first on the I/O thread; the device is created once it has run.
+    pub thread_start: Option<ThreadStart>,
+    /// The longest the I/O thread spins for work before it sleeps (see
+    /// [`crate::virtio::block::poll`]); zero never spins.
+    pub poll_max: Duration,
+}
+
+impl Default for BlockOptions {
+    fn default() -> Self {
+        BlockOptions {
+            serial: None,
+            thread_start: None,
+            poll_max: DEFAULT_POLL_MAX,
+        }
+    }
+}
+
 impl BlockDevice {
     /// Takes over `disk` (moved to the device's I/O thread, which starts
     /// now). `serial` is what GET_ID returns (first 20 bytes; none: empty).
     pub fn new(disk: Disk, serial: Option<String>) -> Result<Self, BlockDeviceError> {
-        Self::with_thread_start(disk, serial, None)
+        Self::with_options(
+            disk,
+            BlockOptions {
+                serial,
+                ..BlockOptions::default()
+            },
+        )
     }
 
-    /// As [`BlockDevice::new`], with `start` run first on the I/O thread;
-    /// returns once it has run.
-    pub fn with_thread_start(
-        disk: Disk,
-        serial: Option<String>,
-        start: Option<ThreadStart>,
-    ) -> Result<Self, BlockDeviceError> {
+    /// As [`BlockDevice::new`], with every option.
+    pub fn with_options(disk: Disk, opts: BlockOptions) -> Result<Self, BlockDeviceError> {
         let features = features_for(&disk);
         let config = config_for(&disk);
         let limits = DiskLimits {
@@ -175,8 +199,16 @@ impl BlockDevice {
         };
         let write_cache = disk.write_cache();
         let notify = EventFd::new(libc::EFD_NONBLOCK).map_err(BlockDeviceError::Events)?;
-        let id = id_bytes(serial.as_deref().unwrap_or(""));
-        let worker = Worker::spawn(disk, &notify, limits, id, identity, start)?;
+        let id = id_bytes(opts.serial.as_deref().unwrap_or(""));
+        let worker = Worker::spawn(
+            disk,
+            &notify,
+            limits,
+            id,
+            identity,
+            opts.thread_start,
+            opts.poll_max,
+        )?;
         Ok(BlockDevice {
             features,
             config,
@@ -318,6 +350,13 @@ mod tests {
         Disk::open(&block::DiskConfig::new(path)).unwrap()
     }
 
+    fn with_hook(hook: ThreadStart) -> BlockOptions {
+        BlockOptions {
+            thread_start: Some(hook),
+            ..BlockOptions::default()
+        }
+    }
+
     #[test]
     fn the_start_hook_runs_on_the_io_thread_before_new_returns() {
         let dir = tempfile::tempdir().unwrap();
@@ -327,7 +366,7 @@ mod tests {
             *record.lock().unwrap() = std::thread::current().name().map(str::to_string);
             Ok(())
         });
-        let device = BlockDevice::with_thread_start(disk(dir.path()), None, Some(hook)).unwrap();
+        let device = BlockDevice::with_options(disk(dir.path()), with_hook(hook)).unwrap();
         assert_eq!(seen.lock().unwrap().as_deref(), Some("ferrite-blk"));
         drop(device);
     }
@@ -336,7 +375,7 @@ mod tests {
     fn a_failing_start_hook_fails_the_device() {
         let dir = tempfile::tempdir().unwrap();
         let hook: ThreadStart = Box::new(|| Err("no filter".to_string()));
-        match BlockDevice::with_thread_start(disk(dir.path()), None, Some(hook)) {
+        match BlockDevice::with_options(disk(dir.path()), with_hook(hook)) {
             Err(BlockDeviceError::ThreadStart(why)) => assert_eq!(why, "no filter"),
             Err(e) => panic!("unexpected error {e}"),
             Ok(_) => panic!("the device started"),

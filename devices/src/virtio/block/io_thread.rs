@@ -7,12 +7,20 @@
 //! raises at most one interrupt for the whole batch (fewer with EVENT_IDX).
 //! Up to `disk.queue_depth()` requests are in flight; beyond that the queue
 //! is left alone until a completion frees a slot.
+//!
+//! Between batches the thread first spins for a while
+//! ([`super::poll`]) with driver notifications still off, and only then
+//! re-enables them and sleeps.
 
+use std::collections::VecDeque;
 use std::io;
+use std::num::Wrapping;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use block::{CacheMode, Completion, Disk, Op, Segment};
 use virtio_bindings::virtio_blk::{
@@ -79,6 +87,7 @@ impl Worker {
         id: [u8; ID_BYTES],
         identity: Identity,
         start: Option<ThreadStart>,
+        poll_max: Duration,
     ) -> Result<Arc<Worker>, BlockDeviceError> {
         let ev = BlockDeviceError::Events;
         let wake = EventFd::new(libc::EFD_NONBLOCK).map_err(ev)?;
@@ -112,6 +121,8 @@ impl Worker {
             notify,
             wake: thread_wake,
             rx,
+            mail: VecDeque::new(),
+            poll_max,
             limits,
             id,
             live: live.clone(),
@@ -204,6 +215,10 @@ struct IoThread {
     notify: EventFd,
     wake: EventFd,
     rx: Receiver<Control>,
+    /// Messages taken off `rx` while polling, handled before newer ones.
+    mail: VecDeque<Control>,
+    /// How long to spin for work before sleeping (see `super::poll`).
+    poll_max: Duration,
     limits: DiskLimits,
     id: [u8; ID_BYTES],
     live: Arc<Mutex<Live>>,
@@ -230,35 +245,97 @@ impl IoThread {
         self.free = (0..depth).rev().collect();
         let mut events = [EpollEvent::default(); 3];
         loop {
-            let n = match self.epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                // The epoll fd itself broke: nothing can be served any more.
-                Err(_) => break,
-            };
-            for ev in &events[..n] {
-                // Reading resets the counters; completions are cleared by
-                // drain_completions.
-                match ev.data() {
-                    NOTIFY => drop(self.notify.read()),
-                    WAKE => drop(self.wake.read()),
-                    // Nothing should complete with no driver attached; if
-                    // something does, clear it rather than spin on it.
-                    COMPLETION if self.active.is_none() => {
-                        self.disk.drain_completions(&mut self.completions);
-                        self.completions.clear();
+            if !self.poll_for_work() && !self.arm() {
+                let n = match self.epoll.wait(-1, &mut events) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    // The epoll fd itself broke: nothing can be served any more.
+                    Err(_) => break,
+                };
+                for ev in &events[..n] {
+                    // Reading resets the counters.
+                    match ev.data() {
+                        NOTIFY => drop(self.notify.read()),
+                        WAKE => drop(self.wake.read()),
+                        COMPLETION => self.disk.drain_completions(&mut self.completions),
+                        _ => {}
                     }
-                    _ => {}
                 }
             }
             if let Flow::Stop = self.handle_control() {
                 break;
             }
+            if self.active.is_none() {
+                // Nothing should complete with no driver attached; if
+                // something does, drop it rather than spin on it.
+                self.completions.clear();
+            }
             self.process();
-            self.publish();
         }
         self.shutdown();
         self.publish();
+    }
+
+    /// Spins for up to `poll_max` until there is work; true if found.
+    /// Driver notifications stay off meanwhile, so a driver adding chains
+    /// makes no system call.
+    fn poll_for_work(&mut self) -> bool {
+        if self.poll_max.is_zero() || self.active.is_none() {
+            return false;
+        }
+        let deadline = Instant::now() + self.poll_max;
+        loop {
+            if self.work_waiting() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// New chains the thread has room for, completions, or a message.
+    fn work_waiting(&mut self) -> bool {
+        match self.rx.try_recv() {
+            Ok(msg) => {
+                self.mail.push_back(msg);
+                return true;
+            }
+            Err(TryRecvError::Disconnected) => return true,
+            Err(TryRecvError::Empty) => {}
+        }
+        if self.disk.has_completions() {
+            return true;
+        }
+        let Some(act) = self.active.as_ref().filter(|a| !a.broken) else {
+            return false;
+        };
+        !self.free.is_empty()
+            && act
+                .queue
+                .avail_idx(&act.mem, Ordering::Acquire)
+                // A ring that cannot be read is for `fill` to report.
+                .map_or(true, |idx| idx != Wrapping(act.queue.next_avail()))
+    }
+
+    /// Before sleeping: re-enables driver notifications. True if chains
+    /// arrived meanwhile, so the thread goes on instead of sleeping.
+    fn arm(&mut self) -> bool {
+        let Some(act) = self.active.as_mut().filter(|a| !a.broken) else {
+            return false;
+        };
+        if self.free.is_empty() {
+            // Back-pressure: a completion brings the thread back.
+            return false;
+        }
+        match act.queue.enable_notification(&act.mem) {
+            Ok(more) => more,
+            Err(_) => {
+                needs_reset(act, &mut self.counters);
+                false
+            }
+        }
     }
 
     fn publish(&self) {
@@ -272,7 +349,7 @@ impl IoThread {
 
     fn handle_control(&mut self) -> Flow {
         loop {
-            let msg = match self.rx.try_recv() {
+            let msg = match self.mail.pop_front().map_or_else(|| self.rx.try_recv(), Ok) {
                 Ok(msg) => msg,
                 Err(TryRecvError::Empty) => return Flow::Continue,
                 Err(TryRecvError::Disconnected) => return Flow::Stop,
@@ -363,12 +440,14 @@ impl IoThread {
             return;
         }
         loop {
-            self.disk.drain_completions(&mut self.completions);
+            self.disk.poll_completions(&mut self.completions);
             self.complete();
             let submitted = self.fill();
             // Counters first, so whoever sees a used entry sees it counted.
-            self.publish();
-            self.publish_used();
+            if !self.finished.is_empty() {
+                self.publish();
+                self.publish_used();
+            }
             if submitted == 0 {
                 break;
             }
@@ -377,6 +456,7 @@ impl IoThread {
             let _ = self.disk.kick();
         }
         self.notify_guest();
+        self.publish();
     }
 
     /// Answers every completion in `self.completions`.
@@ -426,63 +506,50 @@ impl IoThread {
     /// many went to the disk.
     fn fill(&mut self) -> usize {
         let mut submitted = 0;
-        loop {
+        let Some(act) = self.active.as_mut().filter(|a| !a.broken) else {
+            return 0;
+        };
+        // Notifications stay off until `arm`, just before the thread sleeps.
+        if act.queue.disable_notification(&act.mem).is_err() {
+            needs_reset(act, &mut self.counters);
+            return 0;
+        }
+        while !self.free.is_empty() {
             let Some(act) = self.active.as_mut().filter(|a| !a.broken) else {
                 return submitted;
             };
-            if act.queue.disable_notification(&act.mem).is_err() {
-                needs_reset(act, &mut self.counters);
-                return submitted;
-            }
-            while !self.free.is_empty() {
-                let Some(act) = self.active.as_mut().filter(|a| !a.broken) else {
+            let chain = match act.queue.iter(&act.mem) {
+                Ok(mut iter) => iter.next(),
+                // The available index ran more than a queue ahead: the
+                // driver broke the ring (§2.7.6).
+                Err(_) => {
+                    needs_reset(act, &mut self.counters);
                     return submitted;
-                };
-                let chain = match act.queue.iter(&act.mem) {
-                    Ok(mut iter) => iter.next(),
-                    // The available index ran more than a queue ahead: the
-                    // driver broke the ring (§2.7.6).
-                    Err(_) => {
-                        needs_reset(act, &mut self.counters);
-                        return submitted;
-                    }
-                };
-                let Some(chain) = chain else { break };
-                self.counters.requests += 1;
-                match Request::parse(chain, &act.mem, &self.limits) {
-                    Ok(request) => submitted += self.start(request),
-                    Err(ParseError::Refused { slot, reason }) => {
-                        if u32::from(reason.status()) == VIRTIO_BLK_S_UNSUPP {
-                            self.counters.unsupported += 1;
-                        } else {
-                            self.counters.bad_requests += 1;
-                        }
-                        self.finished.push(slot.finish(&act.mem, Err(&reason)));
-                    }
-                    Err(ParseError::Malformed { .. }) => {
-                        needs_reset(act, &mut self.counters);
-                        return submitted;
-                    }
                 }
-            }
-            let Some(act) = self.active.as_mut() else {
+            };
+            let Some(chain) = chain else {
                 return submitted;
             };
-            if self.free.is_empty() {
-                // Back-pressure: a completion will bring us back here.
-                self.counters.throttled += 1;
-                return submitted;
-            }
-            // Re-arm notifications; if chains slipped in meanwhile, go again.
-            match act.queue.enable_notification(&act.mem) {
-                Ok(true) => continue,
-                Ok(false) => return submitted,
-                Err(_) => {
+            self.counters.requests += 1;
+            match Request::parse(chain, &act.mem, &self.limits) {
+                Ok(request) => submitted += self.start(request),
+                Err(ParseError::Refused { slot, reason }) => {
+                    if u32::from(reason.status()) == VIRTIO_BLK_S_UNSUPP {
+                        self.counters.unsupported += 1;
+                    } else {
+                        self.counters.bad_requests += 1;
+                    }
+                    self.finished.push(slot.finish(&act.mem, Err(&reason)));
+                }
+                Err(ParseError::Malformed { .. }) => {
                     needs_reset(act, &mut self.counters);
                     return submitted;
                 }
             }
         }
+        // Back-pressure: a completion will bring the thread back here.
+        self.counters.throttled += 1;
+        submitted
     }
 
     /// Starts one parsed request; returns 1 if it went to the disk.

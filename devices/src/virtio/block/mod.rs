@@ -6,6 +6,7 @@
 //!   request lifecycle that writes each status byte once;
 //! - `io_thread`: the disk's own thread, which pops, submits, completes
 //!   and interrupts;
+//! - [`poll`]: how long that thread spins for work before it sleeps;
 //! - [`metrics`]: the [`BlockReport`] of `--stats-json`.
 //!
 //! How the VMM wires one disk:
@@ -24,12 +25,14 @@
 pub mod device;
 mod io_thread;
 pub mod metrics;
+pub mod poll;
 pub mod request;
 
 use std::sync::Arc;
 
-pub use device::{BlockDevice, BlockDeviceError, ThreadStart};
+pub use device::{BlockDevice, BlockDeviceError, BlockOptions, ThreadStart};
 pub use metrics::{BlockReport, DeviceCounters};
+pub use poll::DEFAULT_POLL_MAX;
 
 use io_thread::Worker;
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use block::{CacheMode, Disk, DiskConfig, EngineKind};
-use devices::virtio::block::BlockDevice;
+use devices::virtio::block::{BlockDevice, BlockOptions};
 
 use super::driver::{Done, Driver, ReqKind, WaitMode};
 use super::{BenchError, Sample, Workload};
@@ -26,6 +26,8 @@ pub struct RunConfig<'a> {
     pub engine: EngineKind,
     /// How the driver waits.
     pub wait: WaitMode,
+    /// The I/O thread's longest poll window.
+    pub poll_max: Duration,
 }
 
 /// xorshift64: cheap and good enough to spread offsets.
@@ -71,7 +73,12 @@ pub fn run(cfg: &RunConfig<'_>, wl: &Workload, seed: u64) -> Result<Sample, Benc
         engine: Some(cfg.engine),
     })
     .map_err(|e| BenchError::Device(e.to_string()))?;
-    let device = BlockDevice::new(disk, None).map_err(|e| BenchError::Device(e.to_string()))?;
+    let opts = BlockOptions {
+        poll_max: cfg.poll_max,
+        ..BlockOptions::default()
+    };
+    let device =
+        BlockDevice::with_options(disk, opts).map_err(|e| BenchError::Device(e.to_string()))?;
     let mem = Driver::guest_memory(wl.qd, u64::from(wl.bs))?;
     let mut drv = Driver::new(device, mem, wl.qd, u64::from(wl.bs), cfg.wait)?;
     let kind = if wl.op == "read" {

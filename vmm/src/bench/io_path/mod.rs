@@ -152,6 +152,8 @@ pub struct IoPathConfig {
     pub workloads: Vec<Workload>,
     /// How the driver waits.
     pub wait: WaitMode,
+    /// The I/O thread's longest poll window.
+    pub poll_max: Duration,
 }
 
 /// Removes the scratch image when the benchmark ends, however it ends.
@@ -192,15 +194,23 @@ fn lay_out(path: &Path, size: u64) -> Result<(), BenchError> {
     f.sync_all().map_err(err)
 }
 
-/// Makes what the last run left dirty durable, outside any timed region,
-/// so that no run pays for its predecessor's writeback.
-fn settle(path: &Path) -> Result<(), BenchError> {
-    File::open(path)
-        .and_then(|f| f.sync_data())
-        .map_err(|source| BenchError::Image {
-            path: path.to_path_buf(),
-            source,
-        })
+/// Puts the image in the same state before every run, outside any timed
+/// region: what the last run left dirty is made durable (so that no run
+/// pays for its predecessor's writeback), and for a mode that reads
+/// through the page cache the whole image is read into it, since O_DIRECT
+/// writes of an earlier case evict what they overwrite and whichever side
+/// ran first would otherwise warm the cache for the other.
+fn settle(path: &Path, mode: CacheMode) -> Result<(), BenchError> {
+    let err = |source| BenchError::Image {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = File::open(path).map_err(err)?;
+    f.sync_data().map_err(err)?;
+    if !mode.switches().direct {
+        std::io::copy(&mut f, &mut std::io::sink()).map_err(err)?;
+    }
+    Ok(())
 }
 
 /// One output line.
@@ -247,12 +257,13 @@ pub fn run(cfg: &IoPathConfig, out: &mut dyn Write) -> Result<Vec<String>, Bench
     wr(
         out,
         &format!(
-            "# io-path: image={} size={} runtime={}ms repeats={} wait={:?} (medians of repeats; ratio = ferrite IOPS / fio IOPS)",
+            "# io-path: image={} size={} runtime={}ms repeats={} wait={:?} poll={}us (medians of repeats; ratio = ferrite IOPS / fio IOPS)",
             path.display(),
             cfg.size,
             cfg.runtime.as_millis(),
             cfg.repeats,
-            cfg.wait
+            cfg.wait,
+            cfg.poll_max.as_micros()
         ),
     );
     let mut lines = Vec::new();
@@ -268,6 +279,7 @@ pub fn run(cfg: &IoPathConfig, out: &mut dyn Write) -> Result<Vec<String>, Bench
                     mode,
                     engine,
                     wait: cfg.wait,
+                    poll_max: cfg.poll_max,
                 };
                 let (mut fs, mut os) = (Vec::new(), Vec::new());
                 for r in 0..cfg.repeats {
@@ -275,12 +287,12 @@ pub fn run(cfg: &IoPathConfig, out: &mut dyn Write) -> Result<Vec<String>, Bench
                         .wrapping_mul(6364136223846793005)
                         .wrapping_add(1442695040888963407);
                     for side in [r % 2, 1 - r % 2] {
+                        settle(&path, mode)?;
                         if side == 0 {
                             fs.push(ferrite::run(&rc, wl, seed)?);
                         } else {
                             os.push(fio::run(&path, cfg.size, cfg.runtime, mode, wl)?);
                         }
-                        settle(&path)?;
                     }
                 }
                 let (f, o) = (medians(&fs), medians(&os));
