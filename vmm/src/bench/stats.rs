@@ -31,16 +31,26 @@ pub fn median(values: &[f64]) -> Option<f64> {
 }
 
 /// Time the thread behind `schedstat` (a `/proc/.../schedstat` file) has
-/// spent on a CPU.
+/// spent on a CPU, as of the scheduler's last update of it (at most a tick
+/// behind for a running thread).
 pub fn cpu_time(schedstat: &Path) -> Option<Duration> {
     let text = std::fs::read_to_string(schedstat).ok()?;
     let ns: u64 = text.split_whitespace().next()?.parse().ok()?;
     Some(Duration::from_nanos(ns))
 }
 
-/// CPU time of the calling thread.
+/// CPU time of the calling thread, exact to the moment of the call (a
+/// `schedstat` file lags until the scheduler next runs: a thread that has
+/// not been interrupted since it started can still read zero there).
 pub fn this_thread_cpu() -> Option<Duration> {
-    cpu_time(Path::new("/proc/thread-self/schedstat"))
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `ts`, which lives for
+    // the call; CLOCK_THREAD_CPUTIME_ID needs nothing else.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (rc == 0).then(|| Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
 }
 
 /// The `schedstat` path of this process's thread named `name`, if any.
