@@ -28,5 +28,6 @@ pub use cache::{CacheMode, CacheSwitches, ParseCacheModeError};
 pub use disk::{Disk, DiskConfig, QUEUE_DEPTH};
 pub use engine::{io_uring_supported, EngineKind, ParseEngineKindError};
 pub use error::BlockError;
+pub use open::probe_direct_io;
 pub use request::{Completion, Op, Segment};
 pub use stats::DiskStats;

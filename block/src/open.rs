@@ -49,6 +49,24 @@ pub(crate) fn data_flags(mode: CacheMode, read_only: bool, dsync: bool) -> libc:
     flags | libc::O_CLOEXEC
 }
 
+/// Whether files in `dir` can be opened with O_DIRECT, as `cache=none`
+/// and `directsync` images are: creates a probe file there, opens it so,
+/// and removes it. Some file systems refuse (tmpfs before Linux 6.6, FUSE
+/// without direct I/O, ramfs).
+pub fn probe_direct_io(dir: &Path) -> std::io::Result<()> {
+    let probe = dir.join(format!(".ferrite-odirect-{}", std::process::id()));
+    let result = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&probe)
+        .map(drop);
+    let _ = std::fs::remove_file(&probe);
+    result
+}
+
 /// Opens the data descriptor. A file system refusing O_DIRECT (EINVAL on
 /// open) becomes `DirectIoUnsupported`, which tells the user what to do.
 pub(crate) fn open_data(path: &Path, flags: libc::c_int) -> Result<File, BlockError> {
@@ -229,6 +247,15 @@ mod tests {
             RO | D | S | C
         );
         assert_eq!(data_flags(CacheMode::Unsafe, true, false), RO | C);
+    }
+
+    #[test]
+    fn the_direct_io_probe_leaves_nothing_behind() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("temp dir");
+        // Whatever the file system answers, the probe file is gone.
+        let _ = probe_direct_io(dir.path());
+        assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 0);
+        assert!(probe_direct_io(&dir.path().join("missing")).is_err());
     }
 
     #[test]

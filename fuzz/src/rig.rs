@@ -16,7 +16,8 @@ use devices::bus::BusDevice;
 use devices::interrupt::CountingInterrupt;
 use devices::virtio::block::device::WRITEBACK;
 use devices::virtio::mmio::{MmioTransport, CONFIG_OFFSET};
-use devices::virtio::test_utils::{reg, status};
+use devices::virtio::mmio_driver::{self, QueueAddrs};
+use devices::virtio::test_utils::reg;
 use devices::BlockDevice;
 use virtio_bindings::virtio_blk::VIRTIO_BLK_F_CONFIG_WCE;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -172,14 +173,12 @@ impl Rig {
 
     /// A 32-bit register read.
     pub fn read32(&mut self, offset: u64) -> u32 {
-        let mut b = [0u8; 4];
-        self.read(offset, &mut b);
-        u32::from_le_bytes(b)
+        mmio_driver::read32(&mut self.transport, offset)
     }
 
     /// A 32-bit register write.
     pub fn write32(&mut self, offset: u64, value: u32) {
-        self.write(offset, &value.to_le_bytes());
+        mmio_driver::write32(&mut self.transport, offset, value);
     }
 
     /// Device reset; returns once the I/O thread is idle.
@@ -189,42 +188,25 @@ impl Rig {
 
     /// The features the device offers.
     pub fn device_features(&mut self) -> u64 {
-        self.write32(reg::DEVICE_FEATURES_SEL, 0);
-        let low = self.read32(reg::DEVICE_FEATURES);
-        self.write32(reg::DEVICE_FEATURES_SEL, 1);
-        let high = self.read32(reg::DEVICE_FEATURES);
-        u64::from(low) | (u64::from(high) << 32)
+        mmio_driver::device_features(&mut self.transport)
     }
 
     /// ACKNOWLEDGE, DRIVER, `features`, FEATURES_OK; whether it was accepted.
     pub fn negotiate(&mut self, features: u64) -> bool {
-        self.write32(reg::STATUS, status::ACKNOWLEDGE);
-        self.write32(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
-        self.write32(reg::DRIVER_FEATURES_SEL, 0);
-        self.write32(reg::DRIVER_FEATURES, features as u32);
-        self.write32(reg::DRIVER_FEATURES_SEL, 1);
-        self.write32(reg::DRIVER_FEATURES, (features >> 32) as u32);
-        let s = status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK;
-        self.write32(reg::STATUS, s);
-        self.read32(reg::STATUS) & status::FEATURES_OK != 0
+        mmio_driver::negotiate(&mut self.transport, features)
     }
 
     /// Sets up queue 0 at `geom` and writes DRIVER_OK (the device activates,
     /// or enters NEEDS_RESET if the rings are unusable).
     pub fn start(&mut self, geom: QueueGeom) {
-        self.write32(reg::QUEUE_SEL, 0);
-        self.write32(reg::QUEUE_NUM, u32::from(geom.size));
-        for (low, addr) in [
-            (reg::QUEUE_DESC_LOW, geom.desc),
-            (reg::QUEUE_DRIVER_LOW, geom.avail),
-            (reg::QUEUE_DEVICE_LOW, geom.used),
-        ] {
-            self.write32(low, addr as u32);
-            self.write32(low + 4, (addr >> 32) as u32);
-        }
-        self.write32(reg::QUEUE_READY, 1);
-        let s = self.read32(reg::STATUS);
-        self.write32(reg::STATUS, s | status::DRIVER_OK);
+        let addrs = QueueAddrs {
+            desc: geom.desc,
+            avail: geom.avail,
+            used: geom.used,
+        };
+        mmio_driver::set_queue(&mut self.transport, 0, geom.size, addrs);
+        // Unusable rings are the fuzzer's business: NEEDS_RESET is fine.
+        let _ = mmio_driver::driver_ok(&mut self.transport);
     }
 
     /// The features always negotiated by the request target: VERSION_1,

@@ -9,6 +9,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod mmio_driver;
 pub mod queue_config;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;

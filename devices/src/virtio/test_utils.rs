@@ -10,24 +10,14 @@ use virtio_bindings::virtio_blk::{VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_OUT};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use super::mmio_driver::{self, QueueAddrs};
 use crate::bus::{lock, SharedDevice};
 
 /// Register offsets a driver uses (virtio 1.2 §4.2.2).
 pub use super::mmio::reg;
 
 /// Status bits.
-pub mod status {
-    /// ACKNOWLEDGE.
-    pub const ACKNOWLEDGE: u32 = 1;
-    /// DRIVER.
-    pub const DRIVER: u32 = 2;
-    /// DRIVER_OK.
-    pub const DRIVER_OK: u32 = 4;
-    /// FEATURES_OK.
-    pub const FEATURES_OK: u32 = 8;
-    /// DEVICE_NEEDS_RESET.
-    pub const NEEDS_RESET: u32 = 0x40;
-}
+pub use super::mmio_driver::status;
 
 /// One buffer of a chain as the driver describes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,14 +116,12 @@ impl Driver {
 
     /// Reads a 32-bit register.
     pub fn read32(&self, offset: u64) -> u32 {
-        let mut b = [0u8; 4];
-        lock(&self.dev).read(offset, &mut b);
-        u32::from_le_bytes(b)
+        mmio_driver::read32(&mut *lock(&self.dev), offset)
     }
 
     /// Writes a 32-bit register.
     pub fn write32(&self, offset: u64, value: u32) {
-        lock(&self.dev).write(offset, &value.to_le_bytes());
+        mmio_driver::write32(&mut *lock(&self.dev), offset, value);
     }
 
     /// Reads `len` bytes of configuration space at `offset` in one access.
@@ -155,11 +143,7 @@ impl Driver {
 
     /// The 64 feature bits the device offers.
     pub fn device_features(&self) -> u64 {
-        self.write32(reg::DEVICE_FEATURES_SEL, 0);
-        let low = self.read32(reg::DEVICE_FEATURES);
-        self.write32(reg::DEVICE_FEATURES_SEL, 1);
-        let high = self.read32(reg::DEVICE_FEATURES);
-        u64::from(low) | (u64::from(high) << 32)
+        mmio_driver::device_features(&mut *lock(&self.dev))
     }
 
     /// Resets the device (status 0) and the driver's view of the queue.
@@ -178,33 +162,20 @@ impl Driver {
     /// asks for FEATURES_OK. Returns whether the device kept FEATURES_OK.
     pub fn negotiate(&mut self, features: u64) -> bool {
         self.reset();
-        self.write32(reg::STATUS, status::ACKNOWLEDGE);
-        self.write32(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
-        self.write32(reg::DRIVER_FEATURES_SEL, 0);
-        self.write32(reg::DRIVER_FEATURES, features as u32);
-        self.write32(reg::DRIVER_FEATURES_SEL, 1);
-        self.write32(reg::DRIVER_FEATURES, (features >> 32) as u32);
-        self.write32(
-            reg::STATUS,
-            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
-        );
-        self.status() & status::FEATURES_OK != 0
+        mmio_driver::negotiate(&mut *lock(&self.dev), features)
     }
 
     /// Sets up queue 0 and writes DRIVER_OK (after a successful negotiate).
     pub fn start(&mut self) {
-        self.write32(reg::QUEUE_SEL, 0);
-        self.write32(reg::QUEUE_NUM, u32::from(self.size));
-        for (low, addr) in [
-            (reg::QUEUE_DESC_LOW, self.desc),
-            (reg::QUEUE_DRIVER_LOW, self.avail),
-            (reg::QUEUE_DEVICE_LOW, self.used),
-        ] {
-            self.write32(low, addr.0 as u32);
-            self.write32(low + 4, (addr.0 >> 32) as u32);
-        }
-        self.write32(reg::QUEUE_READY, 1);
-        self.write32(reg::STATUS, self.status() | status::DRIVER_OK);
+        let addrs = QueueAddrs {
+            desc: self.desc.0,
+            avail: self.avail.0,
+            used: self.used.0,
+        };
+        let mut dev = lock(&self.dev);
+        mmio_driver::set_queue(&mut *dev, 0, self.size, addrs);
+        // Whether the device took it is for the test to check.
+        let _ = mmio_driver::driver_ok(&mut *dev);
     }
 
     /// negotiate + start; panics (it is a test helper) if refused.

@@ -2,9 +2,7 @@
 //! emulated, and a directory on a real file system for O_DIRECT images.
 
 use std::ffi::CString;
-use std::fs::OpenOptions;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// tmpfs and ramfs: no device under them, so no storage to measure.
@@ -49,17 +47,7 @@ pub fn direct_io_ok(dir: &Path) -> bool {
     if matches!(fs_magic(dir), None | Some(TMPFS_MAGIC) | Some(RAMFS_MAGIC)) {
         return false;
     }
-    let probe = dir.join(format!(".ferrite-odirect-{}", std::process::id()));
-    let ok = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(&probe)
-        .is_ok();
-    let _ = std::fs::remove_file(&probe);
-    ok
+    block::probe_direct_io(dir).is_ok()
 }
 
 /// The directory for scratch images: `given` if any (it must do O_DIRECT),

@@ -7,8 +7,6 @@
 //! that order. It is removed, images and all, when the demo ends.
 
 use std::fs::{self, OpenOptions};
-use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -63,7 +61,7 @@ impl ScratchDir {
             return Ok(dir);
         }
         // Dropping `dir` on failure removes what was created.
-        check_direct_io(&dir.path).map_err(|source| DemoError::NoDirectIo {
+        block::probe_direct_io(&dir.path).map_err(|source| DemoError::NoDirectIo {
             path: parent.to_path_buf(),
             source,
         })?;
@@ -111,21 +109,6 @@ fn default_parents() -> Vec<PathBuf> {
     out
 }
 
-/// Opens a new file in `dir` with `O_DIRECT`, as the block layer will.
-fn check_direct_io(dir: &Path) -> io::Result<()> {
-    let probe = dir.join(".odirect-check");
-    let result = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(&probe)
-        .map(drop);
-    let _ = fs::remove_file(&probe);
-    result
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -159,18 +142,7 @@ mod tests {
             eprintln!("SKIP: no /dev/shm");
             return;
         }
-        let direct_ok = {
-            let p = shm.join(format!("ferrite-odirect-{}", std::process::id()));
-            let ok = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .custom_flags(libc::O_DIRECT)
-                .open(&p)
-                .is_ok();
-            let _ = fs::remove_file(&p);
-            ok
-        };
+        let direct_ok = block::probe_direct_io(shm).is_ok();
         match ScratchDir::create(Some(shm)) {
             Ok(_) => assert!(direct_ok),
             Err(e) => {

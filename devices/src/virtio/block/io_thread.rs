@@ -12,7 +12,6 @@
 //! ([`super::poll`]) with driver notifications still off, and only then
 //! re-enables them and sleeps.
 
-use std::collections::VecDeque;
 use std::io;
 use std::num::Wrapping;
 use std::os::fd::AsRawFd;
@@ -121,7 +120,7 @@ impl Worker {
             notify,
             wake: thread_wake,
             rx,
-            mail: VecDeque::new(),
+            mail: None,
             poll_max,
             limits,
             id,
@@ -215,8 +214,8 @@ struct IoThread {
     notify: EventFd,
     wake: EventFd,
     rx: Receiver<Control>,
-    /// Messages taken off `rx` while polling, handled before newer ones.
-    mail: VecDeque<Control>,
+    /// A message taken off `rx` while polling, handled before newer ones.
+    mail: Option<Control>,
     /// How long to spin for work before sleeping (see `super::poll`).
     poll_max: Duration,
     limits: DiskLimits,
@@ -297,9 +296,12 @@ impl IoThread {
 
     /// New chains the thread has room for, completions, or a message.
     fn work_waiting(&mut self) -> bool {
+        if self.mail.is_some() {
+            return true;
+        }
         match self.rx.try_recv() {
             Ok(msg) => {
-                self.mail.push_back(msg);
+                self.mail = Some(msg);
                 return true;
             }
             Err(TryRecvError::Disconnected) => return true,
@@ -349,7 +351,7 @@ impl IoThread {
 
     fn handle_control(&mut self) -> Flow {
         loop {
-            let msg = match self.mail.pop_front().map_or_else(|| self.rx.try_recv(), Ok) {
+            let msg = match self.mail.take().map_or_else(|| self.rx.try_recv(), Ok) {
                 Ok(msg) => msg,
                 Err(TryRecvError::Empty) => return Flow::Continue,
                 Err(TryRecvError::Disconnected) => return Flow::Stop,

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use devices::virtio::block::BlockDevice;
 use devices::virtio::mmio::MmioTransport;
-use devices::BusDevice;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_SEG_MAX,
 };
@@ -32,16 +31,9 @@ use vmm_sys_util::eventfd::EventFd;
 use super::BenchError;
 
 use devices::virtio::mmio::reg::{
-    DEVICE_FEATURES, DEVICE_FEATURES_SEL, DRIVER_FEATURES, DRIVER_FEATURES_SEL, INTERRUPT_ACK,
-    INTERRUPT_STATUS, QUEUE_DESC_LOW, QUEUE_DEVICE_LOW, QUEUE_DRIVER_LOW, QUEUE_NUM, QUEUE_NUM_MAX,
-    QUEUE_READY, QUEUE_SEL, STATUS,
+    INTERRUPT_ACK, INTERRUPT_STATUS, QUEUE_NUM_MAX, QUEUE_SEL, STATUS,
 };
-
-const ACKNOWLEDGE: u32 = 1;
-const DRIVER: u32 = 2;
-const DRIVER_OK: u32 = 4;
-const FEATURES_OK: u32 = 8;
-const NEEDS_RESET: u32 = 0x40;
+use devices::virtio::mmio_driver::{self, status, QueueAddrs};
 
 /// Where the rings start in guest memory.
 const RING_BASE: u64 = 0x1_0000;
@@ -111,16 +103,6 @@ pub struct Driver {
     pub sleeps: u64,
 }
 
-fn reg_write(t: &mut MmioTransport<BlockDevice>, offset: u64, v: u32) {
-    t.write(offset, &v.to_le_bytes());
-}
-
-fn reg_read(t: &mut MmioTransport<BlockDevice>, offset: u64) -> u32 {
-    let mut b = [0u8; 4];
-    t.read(offset, &mut b);
-    u32::from_le_bytes(b)
-}
-
 impl Driver {
     /// Guest memory for `slots` requests of at most `slot_bytes` each.
     pub fn guest_memory(slots: usize, slot_bytes: u64) -> Result<GuestMemoryMmap, BenchError> {
@@ -147,14 +129,8 @@ impl Driver {
         let irq = Arc::new(EventFd::new(0).map_err(BenchError::EventFd)?);
         let mut t = MmioTransport::new(device, mem.clone(), irq.clone())
             .map_err(|e| BenchError::Device(e.to_string()))?;
-        reg_write(&mut t, STATUS, 0);
-        reg_write(&mut t, STATUS, ACKNOWLEDGE);
-        reg_write(&mut t, STATUS, ACKNOWLEDGE | DRIVER);
-        reg_write(&mut t, DEVICE_FEATURES_SEL, 0);
-        let low = reg_read(&mut t, DEVICE_FEATURES);
-        reg_write(&mut t, DEVICE_FEATURES_SEL, 1);
-        let high = reg_read(&mut t, DEVICE_FEATURES);
-        let offered = u64::from(low) | (u64::from(high) << 32);
+        mmio_driver::write32(&mut t, STATUS, 0);
+        let offered = mmio_driver::device_features(&mut t);
         // What Linux's virtio_blk takes for plain reads and writes.
         let wanted = (1u64 << VIRTIO_F_VERSION_1)
             | (1 << VIRTIO_BLK_F_FLUSH)
@@ -169,16 +145,11 @@ impl Driver {
                 "device offers {offered:#x}, without VERSION_1 or EVENT_IDX"
             )));
         }
-        reg_write(&mut t, DRIVER_FEATURES_SEL, 0);
-        reg_write(&mut t, DRIVER_FEATURES, features as u32);
-        reg_write(&mut t, DRIVER_FEATURES_SEL, 1);
-        reg_write(&mut t, DRIVER_FEATURES, (features >> 32) as u32);
-        reg_write(&mut t, STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK);
-        if reg_read(&mut t, STATUS) & FEATURES_OK == 0 {
+        if !mmio_driver::negotiate(&mut t, features) {
             return Err(BenchError::Device("FEATURES_OK refused".into()));
         }
-        reg_write(&mut t, QUEUE_SEL, 0);
-        let max = reg_read(&mut t, QUEUE_NUM_MAX);
+        mmio_driver::write32(&mut t, QUEUE_SEL, 0);
+        let max = mmio_driver::read32(&mut t, QUEUE_NUM_MAX);
         let qsize = u16::try_from(max.min(256)).unwrap_or(256);
         if usize::from(qsize) < 3 * slots {
             return Err(BenchError::Device(format!(
@@ -193,16 +164,7 @@ impl Driver {
         if meta + 32 * slots as u64 > META_SIZE {
             return Err(BenchError::Device("too many slots".into()));
         }
-        reg_write(&mut t, QUEUE_NUM, max.min(256));
-        for (low, addr) in [
-            (QUEUE_DESC_LOW, desc),
-            (QUEUE_DRIVER_LOW, avail),
-            (QUEUE_DEVICE_LOW, used),
-        ] {
-            reg_write(&mut t, low, addr as u32);
-            reg_write(&mut t, low + 4, (addr >> 32) as u32);
-        }
-        reg_write(&mut t, QUEUE_READY, 1);
+        mmio_driver::set_queue(&mut t, 0, qsize, QueueAddrs { desc, avail, used });
         let mut d = Driver {
             transport: t,
             mem,
@@ -224,9 +186,7 @@ impl Driver {
         };
         d.lay_out_chains()?;
         d.set_used_event()?;
-        let status = ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK;
-        reg_write(&mut d.transport, STATUS, status);
-        if reg_read(&mut d.transport, STATUS) & NEEDS_RESET != 0 {
+        if !mmio_driver::driver_ok(&mut d.transport) {
             return Err(BenchError::Device("DRIVER_OK refused".into()));
         }
         Ok(d)
@@ -433,9 +393,12 @@ impl Driver {
                     self.sleeps += 1;
                     self.irq.read().map_err(BenchError::EventFd)?;
                     // What Linux's vm_interrupt does: read and acknowledge.
-                    let bits = reg_read(&mut self.transport, INTERRUPT_STATUS);
-                    reg_write(&mut self.transport, INTERRUPT_ACK, bits);
-                    if bits & 2 != 0 && reg_read(&mut self.transport, STATUS) & NEEDS_RESET != 0 {
+                    let bits = mmio_driver::read32(&mut self.transport, INTERRUPT_STATUS);
+                    mmio_driver::write32(&mut self.transport, INTERRUPT_ACK, bits);
+                    if bits & 2 != 0
+                        && mmio_driver::read32(&mut self.transport, STATUS) & status::NEEDS_RESET
+                            != 0
+                    {
                         return Err(BenchError::Device("device needs reset".into()));
                     }
                 }
@@ -451,7 +414,7 @@ impl Driver {
     /// Resets the device (it drains in-flight requests) and gives back the
     /// transport, to shut the device down or read its report.
     pub fn into_transport(mut self) -> MmioTransport<BlockDevice> {
-        reg_write(&mut self.transport, STATUS, 0);
+        mmio_driver::write32(&mut self.transport, STATUS, 0);
         self.transport
     }
 }
