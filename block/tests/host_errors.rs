@@ -6,6 +6,7 @@
 #[macro_use]
 mod common;
 
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -20,15 +21,16 @@ struct Mounted {
 }
 
 impl Mounted {
-    /// Runs `mount ARGS... DIR`; None (after printing SKIP) when it fails.
-    fn new(args: &[&str], prepare: impl FnOnce(&Path) -> bool) -> Option<Mounted> {
-        let scratch = scratch();
+    /// Runs `mount ARGS... SCRATCH/mnt`; None (after printing SKIP) when
+    /// it fails.
+    fn new(
+        scratch: tempfile::TempDir,
+        args: impl IntoIterator<Item = impl AsRef<OsStr>>,
+    ) -> Option<Mounted> {
         let dir = scratch.path().join("mnt");
         std::fs::create_dir(&dir).expect("mount point");
-        if !prepare(scratch.path()) {
-            return None;
-        }
-        let out = Command::new("mount").args(args).arg(&dir).output();
+        let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let out = Command::new("mount").args(&args).arg(&dir).output();
         match out {
             Ok(o) if o.status.success() => Some(Mounted {
                 dir,
@@ -104,37 +106,17 @@ fn mount_loop_ext4() -> Option<Mounted> {
             return None;
         }
     }
-    let dir = scratch.path().join("mnt");
-    std::fs::create_dir(&dir).expect("mount point");
-    let out = Command::new("mount")
-        .args(["-o", "loop"])
-        .arg(&fs_img)
-        .arg(&dir)
-        .output();
-    match out {
-        Ok(o) if o.status.success() => Some(Mounted {
-            dir,
-            _scratch: scratch,
-        }),
-        Ok(o) => {
-            eprintln!(
-                "SKIP: mount -o loop failed: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-            None
-        }
-        Err(e) => {
-            eprintln!("SKIP: cannot run mount: {e}");
-            None
-        }
-    }
+    Mounted::new(
+        scratch,
+        [OsStr::new("-o"), OsStr::new("loop"), fs_img.as_os_str()],
+    )
 }
 
 /// ramfs has no O_DIRECT: cache=none and directsync are refused with one
 /// clear error naming the file; buffered modes work.
 #[test]
 fn direct_io_refused_with_advice() {
-    let Some(m) = Mounted::new(&["-t", "ramfs", "ramfs"], |_| true) else {
+    let Some(m) = Mounted::new(scratch(), ["-t", "ramfs", "ramfs"]) else {
         return;
     };
     let img = image(&m.dir, 1 << 20);
@@ -283,7 +265,7 @@ fn file_system_sees_the_syncs(engine: EngineKind) {
 /// ramfs can neither punch holes nor zero ranges: discard is a no-op and
 /// write-zeroes falls back to writing zeros, durably when WCE is off.
 fn write_zeroes_fallback(engine: EngineKind) {
-    let Some(m) = Mounted::new(&["-t", "ramfs", "ramfs"], |_| true) else {
+    let Some(m) = Mounted::new(scratch(), ["-t", "ramfs", "ramfs"]) else {
         return;
     };
     let img = image(&m.dir, 3 << 20);

@@ -34,14 +34,7 @@ fn check(case: &Case) {
 fn halting_kernel() -> Vec<u8> {
     let mut code = Asm::new();
     code.halt();
-    elf(
-        LOAD_ADDR,
-        &[Segment {
-            addr: LOAD_ADDR,
-            bytes: code.bytes,
-        }],
-        None,
-    )
+    elf64(code.bytes)
 }
 
 fn case(name: &'static str, args: &[&str], status: i32, mentions: &'static str) -> Case {

@@ -37,17 +37,6 @@ fn code_pvh(msg: &str, tail: impl Fn(&mut Asm)) -> Vec<u8> {
     a.bytes
 }
 
-fn elf64(code: Vec<u8>) -> Vec<u8> {
-    elf(
-        LOAD_ADDR,
-        &[Segment {
-            addr: LOAD_ADDR,
-            bytes: code,
-        }],
-        None,
-    )
-}
-
 /// A PVH kernel whose e_entry prints a different message, so the test sees
 /// which entry ferrite took.
 fn elf_pvh(code32: Vec<u8>) -> Vec<u8> {

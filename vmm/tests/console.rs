@@ -27,14 +27,7 @@ fn ctrl_a_x_quits_and_the_terminal_is_restored() {
     let dir = tempfile::tempdir().unwrap();
     let mut code = Asm::new();
     code.com1().puts("ready\n").halt();
-    let image = elf(
-        LOAD_ADDR,
-        &[Segment {
-            addr: LOAD_ADDR,
-            bytes: code.bytes,
-        }],
-        None,
-    );
+    let image = elf64(code.bytes);
     let kernel = write_file(dir.path(), "vmlinux", &image);
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferrite"))
         .args(["--kernel", kernel.to_str().unwrap(), "--memory", "32M"])
@@ -79,14 +72,7 @@ fn closed_stdin_and_stdout_do_not_matter() {
         .puts("nobody reads this\n")
         .debug_exit(0x09)
         .halt();
-    let image = elf(
-        LOAD_ADDR,
-        &[Segment {
-            addr: LOAD_ADDR,
-            bytes: code.bytes,
-        }],
-        None,
-    );
+    let image = elf64(code.bytes);
     let kernel = write_file(dir.path(), "vmlinux", &image);
     let drive = format!("file={}", img.display());
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferrite"));

@@ -14,14 +14,7 @@ fn stop_with(signal: libc::c_int) {
     let mut code = Asm::new();
     // Prints, then halts with interrupts off: it never stops by itself.
     code.com1().puts("ready\n").halt();
-    let image = elf(
-        LOAD_ADDR,
-        &[Segment {
-            addr: LOAD_ADDR,
-            bytes: code.bytes,
-        }],
-        None,
-    );
+    let image = elf64(code.bytes);
     let kernel = write_file(dir.path(), "vmlinux", &image);
     let drive = format!("file={}", img.display());
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferrite"))

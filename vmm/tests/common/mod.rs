@@ -128,6 +128,18 @@ pub struct Segment {
     pub bytes: Vec<u8>,
 }
 
+/// A 64-bit ELF of one segment, `code` loaded and entered at [`LOAD_ADDR`].
+pub fn elf64(code: Vec<u8>) -> Vec<u8> {
+    elf(
+        LOAD_ADDR,
+        &[Segment {
+            addr: LOAD_ADDR,
+            bytes: code,
+        }],
+        None,
+    )
+}
+
 /// A minimal ELF64 executable: one PT_LOAD per segment (physical = virtual
 /// address), `entry` as e_entry, and optionally a PT_NOTE with the Xen PVH
 /// entry note (XEN_ELFNOTE_PHYS32_ENTRY = 18).
