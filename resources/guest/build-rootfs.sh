@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds ferrite's guest root disk: a 64 MiB ext4 image holding static busybox
-# (with its applet links), the checking /init (resources/guest/rootfs/init)
-# and a static `outb` helper for the debug-exit port. Needs no root
+# (with its applet links), the checking /init (resources/guest/rootfs/init),
+# a static `outb` helper for the debug-exit port and the power-cut tests'
+# static `ackwriter`. Needs no root
 # privileges: the tree is staged in a directory and `mkfs.ext4 -d` copies it.
 #
 # Usage: build-rootfs.sh [OUT_BASE]
@@ -74,8 +75,10 @@ cp "$busybox" "$stage/bin/busybox"
 done
 [ -L "$stage/bin/sh" ] || die "busybox --list-full gave no bin/sh"
 
-gcc -static -Os -Wall -Wextra -Werror -o "$stage/bin/outb" "$files/outb.c"
-strip "$stage/bin/outb" 2>/dev/null || true
+for prog in outb ackwriter; do
+  gcc -static -Os -Wall -Wextra -Werror -o "$stage/bin/$prog" "$files/$prog.c"
+  strip "$stage/bin/$prog" 2>/dev/null || true
+done
 install -m 0755 "$files/init" "$stage/init"
 # Booted from a disk, the kernel runs /sbin/init (/init is only the
 # initramfs default): point it at the checking script, not busybox init.
