@@ -73,6 +73,7 @@ mod tests {
                     engine: "threads".into(),
                     features: "0x0".into(),
                     write_cache: true,
+                    block_size: 512,
                     disk: block::DiskStats {
                         writes: 2,
                         ..Default::default()

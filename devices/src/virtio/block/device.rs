@@ -196,6 +196,7 @@ impl BlockDevice {
             cache: disk.cache_mode(),
             read_only: disk.read_only(),
             engine: disk.engine_kind().to_string(),
+            block_size: disk.logical_block_size(),
         };
         let write_cache = disk.write_cache();
         let notify = EventFd::new(libc::EFD_NONBLOCK).map_err(BlockDeviceError::Events)?;

@@ -9,6 +9,7 @@
 //!   "engine": "io_uring",
 //!   "features": "0x120006a44",
 //!   "write_cache": false,
+//!   "block_size": 512,
 //!   "disk": {"reads":12,"writes":40,"flushes":3,"discards":0,"write_zeroes":1,
 //!            "bytes_read":49152,"bytes_written":163840,"host_syncs":43,
 //!            "fdatasyncs":3,"dsync_writes":40,"bounced":2,"errors":0},
@@ -73,6 +74,8 @@ pub struct BlockReport {
     pub features: String,
     /// The guest-visible write cache (WCE).
     pub write_cache: bool,
+    /// The logical block size announced to the guest (`blk_size`, bytes).
+    pub block_size: u32,
     /// Host-side counters.
     pub disk: DiskStats,
     /// Device-side counters.
@@ -95,6 +98,7 @@ pub(crate) struct Identity {
     pub cache: CacheMode,
     pub read_only: bool,
     pub engine: String,
+    pub block_size: u32,
 }
 
 impl Identity {
@@ -106,6 +110,7 @@ impl Identity {
             engine: self.engine.clone(),
             features: format!("{:#x}", live.features),
             write_cache: live.write_cache,
+            block_size: self.block_size,
             disk: live.disk,
             device: live.device,
         }
@@ -123,6 +128,7 @@ mod tests {
             cache: CacheMode::Writethrough,
             read_only: false,
             engine: "threads".into(),
+            block_size: 4096,
         };
         let live = Live {
             features: 0x1_0000_0a46,
@@ -133,6 +139,7 @@ mod tests {
         assert_eq!(json["cache"], "writethrough");
         assert_eq!(json["features"], "0x100000a46");
         assert_eq!(json["write_cache"], true);
+        assert_eq!(json["block_size"], 4096);
         assert_eq!(json["device"]["needs_reset"], 0);
         assert_eq!(json["disk"]["dsync_writes"], 0);
         // The keys are the ones the module doc shows.
@@ -144,6 +151,7 @@ mod tests {
         assert_eq!(
             top,
             [
+                "block_size",
                 "cache",
                 "device",
                 "disk",
