@@ -110,8 +110,11 @@ impl ImageLock {
     /// Claims the image for a writable or a read-only disk, without
     /// waiting; `BlockError::Locked` when another opener's claim conflicts.
     pub(crate) fn acquire(path: &Path, writable: bool) -> Result<ImageLock, BlockError> {
+        // Opened as the data descriptor is, as QEMU does (a read lock
+        // needs only read access).
         let fd = OpenOptions::new()
             .read(true)
+            .write(writable)
             .custom_flags(libc::O_CLOEXEC)
             .open(path)
             .map_err(|source| BlockError::Open {

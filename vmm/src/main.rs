@@ -84,7 +84,15 @@ fn run(cli: Cli, stdin: console::Stdin) -> i32 {
         mem_size: args.memory,
         cpus: args.cpus,
         drives: args.drives,
+        writable_files: args.stats_json.iter().cloned().collect(),
     };
+    // The statistics file exists before the sandbox is built, so that its
+    // rule can name it (and an unwritable path fails now, not at exit).
+    if let Some(path) = &args.stats_json {
+        if let Err(e) = stats::create(path) {
+            fail(STATUS_VMM_ERROR, &format!("ferrite: {e}"));
+        }
+    }
     let policy = if args.no_seccomp {
         seccomp::Policy::Off
     } else {

@@ -43,6 +43,21 @@ pub struct StatsError {
     pub source: std::io::Error,
 }
 
+/// Creates `path` if it does not exist, leaving an existing file as it is
+/// until [`write`] replaces it.
+pub fn create(path: &Path) -> Result<(), StatsError> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map(drop)
+        .map_err(|source| StatsError {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
 /// Writes `report` to `path` (replacing it).
 pub fn write(path: &Path, report: &StatsReport) -> Result<(), StatsError> {
     let err = |source| StatsError {

@@ -49,6 +49,10 @@ pub struct VmConfig {
     pub cpus: u8,
     /// Disks, in order.
     pub drives: Vec<DriveConfig>,
+    /// Files the VMM writes after start-up besides its images (the
+    /// `--stats-json` file); they must exist. With [`seccomp::Policy::All`]
+    /// the VM's threads can open nothing else (Landlock).
+    pub writable_files: Vec<PathBuf>,
 }
 
 /// Why the VMM could not start or run the guest.
@@ -138,6 +142,24 @@ pub fn disk_slot(index: usize) -> (u64, u32) {
     )
 }
 
+/// The Landlock ruleset of a VM whose every thread is filtered: its images
+/// and `writable_files`.
+fn sandbox(cfg: &VmConfig, policy: seccomp::Policy) -> Result<seccomp::FsSandbox, VmmError> {
+    if policy != seccomp::Policy::All {
+        return Ok(seccomp::FsSandbox::off());
+    }
+    let images = cfg.drives.iter().map(|d| seccomp::AllowedFile {
+        path: d.path.clone(),
+        writable: !d.read_only,
+    });
+    let others = cfg.writable_files.iter().map(|p| seccomp::AllowedFile {
+        path: p.clone(),
+        writable: true,
+    });
+    let files: Vec<_> = images.chain(others).collect();
+    Ok(seccomp::FsSandbox::new(&files).map_err(SeccompError::from)?)
+}
+
 impl Vmm {
     /// Builds the machine: memory, VM, devices, kernel, vCPUs, with the
     /// seccomp filters `policy` asks for (vCPU and disk threads install
@@ -145,7 +167,7 @@ impl Vmm {
     /// [`seccomp::Policy::All`] the calling thread installs its own filter in
     /// [`Vmm::run`] and may do little afterwards besides exiting.
     pub fn with_seccomp(cfg: &VmConfig, policy: seccomp::Policy) -> Result<Self, VmmError> {
-        let filters = Filters::compile(policy)?;
+        let filters = Filters::compile(policy)?.with_sandbox(sandbox(cfg, policy)?);
         let mem = memory::create_guest_memory(cfg.mem_size)?;
         let (kvm, vm_fd) = vm::create(&mem)?;
         let exit = ExitController::new().map_err(host("create an eventfd"))?;

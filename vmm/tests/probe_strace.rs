@@ -195,7 +195,12 @@ fn host_calls_follow_each_cache_mode() {
             "{ctx}"
         );
         for c in &calls {
+            // O_PATH descriptors name the image in the Landlock ruleset;
+            // they cannot read or write.
             if let Call::Open { flags, .. } = c {
+                if has_flag(flags, "O_PATH") {
+                    continue;
+                }
                 assert!(has_flag(flags, "O_RDWR"), "{ctx}");
                 if has_flag(flags, "O_DIRECT") || has_flag(flags, "O_DSYNC") {
                     assert_eq!(has_flag(flags, "O_DIRECT"), mode.direct(), "{ctx}");

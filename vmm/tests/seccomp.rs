@@ -160,3 +160,58 @@ fn the_terminal_is_restored_after_a_forbidden_call() {
         assert_eq!(after.c_oflag, before.c_oflag, "{thread}");
     }
 }
+
+/// Landlock: the disk's I/O thread, under its sandbox, can open its image
+/// but no other file (`FERRITE_LANDLOCK_SELFTEST=PATH` makes it try PATH),
+/// while the probe's scenarios (write-cache switches reopen the image)
+/// pass and `--stats-json`, the one other file allowed, is written.
+#[test]
+fn after_start_up_only_the_images_and_the_stats_file_open() {
+    if !kvm_usable() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = probe_kernel(dir.path());
+    let img = image(dir.path(), "a.img", IMAGE_SIZE);
+    let other = dir.path().join("other.txt");
+    std::fs::write(&other, b"not the VM's").unwrap();
+    let stats = dir.path().join("stats.json");
+    for (probe, expected) in [(&other, "denied (Permission denied"), (&img, "allowed")] {
+        let mut args = probe_args(
+            &kernel,
+            "probe=info,rw,flush,wce",
+            &[drive(&img, "cache=writethrough")],
+            &[],
+        );
+        args.extend(["--stats-json".to_string(), stats.display().to_string()]);
+        let out = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+            .args(&args)
+            .env("FERRITE_LANDLOCK_SELFTEST", probe)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ferrite");
+        let run = Run {
+            status: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            elapsed: std::time::Duration::ZERO,
+        };
+        if run.stderr.contains("Landlock is not available") {
+            eprintln!("SKIP: no Landlock on this kernel: {}", run.stderr.trim());
+            return;
+        }
+        run.assert_pass();
+        let line = format!(
+            "ferrite: landlock selftest on ferrite-blk: open {}: {expected}",
+            probe.display()
+        );
+        assert!(
+            run.stderr.contains(&line),
+            "want `{line}`\n{}",
+            run.describe()
+        );
+        let written = probe_util::stats(&stats);
+        assert_eq!(written["disks"][0]["cache"], "writethrough", "{written}");
+        std::fs::remove_file(&stats).unwrap();
+    }
+}

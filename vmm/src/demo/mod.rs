@@ -225,6 +225,7 @@ fn demo(args: &DemoArgs) -> Result<i32, DemoError> {
         mem_size: DEMO_MEMORY,
         cpus: args.cpus,
         drives: disks.iter().map(|d| d.config.clone()).collect(),
+        writable_files: Vec::new(),
     };
     let stats_path = scratch.path().join("stats.json");
     println!(

@@ -85,6 +85,11 @@ const MAIN: &[i64] = &[
 const MAIN_OPEN_FLAGS: u64 =
     (libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC) as u64;
 
+/// The `openat` flags an image reopen may add to `O_CLOEXEC` (the access
+/// mode and the cache mode's flags); anything else (creating, truncating,
+/// `O_PATH`...) is refused on the I/O thread.
+const IO_OPEN_FLAGS_FREE: u64 = (libc::O_RDWR | libc::O_DIRECT | libc::O_DSYNC) as u64;
+
 // ioctl numbers (include/uapi/linux/kvm.h, asm-generic/ioctls.h, linux/fs.h).
 const KVMIO: u32 = 0xAE;
 vmm_sys_util::ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
@@ -174,6 +179,15 @@ pub fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccom
             SeccompCmpArgLen::Dword,
             SeccompCmpOp::Eq,
             MAIN_OPEN_FLAGS,
+        )?;
+        map.insert(libc::SYS_openat, vec![SeccompRule::new(vec![flags])?]);
+    }
+    if kind == ThreadKind::Io {
+        let flags = SeccompCondition::new(
+            2,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::MaskedEq(!IO_OPEN_FLAGS_FREE & u64::from(u32::MAX)),
+            libc::O_CLOEXEC as u64,
         )?;
         map.insert(libc::SYS_openat, vec![SeccompRule::new(vec![flags])?]);
     }

@@ -15,6 +15,7 @@
 //! main thread installs its own last, after every other thread exists.
 
 mod filters;
+pub mod landlock;
 mod sigsys;
 
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
 
 pub use filters::ThreadKind;
+pub use landlock::{AllowedFile, FsSandbox, LandlockError};
 
 /// Which threads get a filter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,15 +59,20 @@ pub enum SeccompError {
     /// The SIGSYS handler could not be installed.
     #[error("cannot install the SIGSYS handler: {0}")]
     Handler(std::io::Error),
+    /// The Landlock ruleset could not be built or applied.
+    #[error(transparent)]
+    Landlock(#[from] LandlockError),
 }
 
-/// One compiled program per thread kind, shared by the threads.
+/// One compiled program per thread kind, shared by the threads, and the
+/// Landlock ruleset each thread applies with it.
 #[derive(Clone, Debug)]
 pub struct Filters {
     policy: Policy,
     vcpu: Arc<BpfProgram>,
     io: Arc<BpfProgram>,
     main: Arc<BpfProgram>,
+    fs: FsSandbox,
 }
 
 /// Compiles the allowlist of `kind`: anything else traps.
@@ -103,7 +110,15 @@ impl Filters {
             vcpu: Arc::new(vcpu),
             io: Arc::new(io),
             main: Arc::new(main),
+            fs: FsSandbox::off(),
         })
+    }
+
+    /// Adds the Landlock ruleset every filtered thread applies to itself
+    /// before its seccomp filter.
+    pub fn with_sandbox(mut self, fs: FsSandbox) -> Filters {
+        self.fs = fs;
+        self
     }
 
     /// Installs the filter of `kind` on the calling thread (named `name` in
@@ -116,11 +131,16 @@ impl Filters {
             (_, ThreadKind::Main) => &self.main,
         };
         sigsys::set_thread_name(name);
+        // Landlock first: once the seccomp filter is on, its calls are not.
+        self.fs.restrict_current_thread()?;
         seccompiler::apply_filter(program).map_err(|source| SeccompError::Install {
             thread: name.to_string(),
             source,
         })?;
         selftest(kind);
+        if kind == ThreadKind::Io && self.fs.is_on() {
+            landlock::selftest(name);
+        }
         Ok(())
     }
 }
