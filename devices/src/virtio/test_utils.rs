@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_OUT};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::mmio_driver::{self, QueueAddrs};
 use crate::bus::{lock, SharedDevice};
@@ -47,6 +47,77 @@ impl Buf {
             writable: true,
         }
     }
+}
+
+/// The 16-byte header of a virtio-blk request (§5.2.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlkHeader {
+    /// VIRTIO_BLK_T_*.
+    pub request_type: u32,
+    /// First sector.
+    pub sector: u64,
+}
+
+impl BlkHeader {
+    /// Its bytes as the driver writes them.
+    pub fn bytes(self) -> [u8; 16] {
+        let mut raw = [0u8; 16];
+        raw[..4].copy_from_slice(&self.request_type.to_le_bytes());
+        raw[8..].copy_from_slice(&self.sector.to_le_bytes());
+        raw
+    }
+}
+
+/// Where a request's two byte streams are cut into descriptors: offsets
+/// into the readable bytes (header + OUT data) and into the writable bytes
+/// (IN data + status). Offsets out of order, repeated, 0 or past the end
+/// make empty descriptors or are dropped, as [`cut`] says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Framing {
+    /// Cuts in the device-readable bytes.
+    pub readable: Vec<u32>,
+    /// Cuts in the device-writable bytes.
+    pub writable: Vec<u32>,
+    /// Put the chain in an indirect table (§2.7.5.3).
+    pub indirect: bool,
+}
+
+impl Framing {
+    /// Linux's framing: the header alone, the data alone (if any), the
+    /// status byte alone; `in_len` is the writable data length.
+    pub fn linux(in_len: u32) -> Framing {
+        Framing {
+            readable: vec![16],
+            writable: vec![in_len],
+            indirect: false,
+        }
+    }
+}
+
+/// `len` bytes from `start` as buffers cut at the sorted, distinct `cuts`
+/// strictly inside them (others are ignored).
+pub fn cut(start: GuestAddress, len: u64, cuts: &[u32], writable: bool) -> Vec<Buf> {
+    let mut points: Vec<u64> = cuts
+        .iter()
+        .map(|&c| u64::from(c))
+        .filter(|&c| c > 0 && c < len)
+        .collect();
+    points.sort_unstable();
+    points.dedup();
+    points.push(len);
+    let mut at = 0;
+    points
+        .into_iter()
+        .map(|p| {
+            let b = Buf {
+                addr: start.unchecked_add(at),
+                len: (p - at) as u32,
+                writable,
+            };
+            at = p;
+            b
+        })
+        .collect()
 }
 
 /// A virtio-blk request the simulator placed in guest memory.
@@ -328,6 +399,53 @@ impl Driver {
         bufs.extend(&data);
         bufs.push(Buf::writable(status, 1));
         let head = self.add_chain(&bufs);
+        BlkRequest { head, data, status }
+    }
+
+    /// A virtio-blk request in any layout §2.7.4.1 allows. Its
+    /// device-readable bytes (header, then `payload`) and device-writable
+    /// bytes (`in_len` data bytes, then the status byte, preset to 0xff)
+    /// each lie contiguously in guest memory, cut into descriptors at
+    /// `framing`'s offsets. The returned data is the one writable data
+    /// range (reads) or readable data range (writes).
+    pub fn blk_framed(
+        &mut self,
+        header: BlkHeader,
+        payload: &[u8],
+        in_len: u32,
+        framing: &Framing,
+    ) -> BlkRequest {
+        let out_len = 16 + payload.len() as u64;
+        let readable = self.alloc(out_len);
+        self.mem.write_slice(&header.bytes(), readable).unwrap();
+        self.mem
+            .write_slice(payload, readable.unchecked_add(16))
+            .unwrap();
+        let writable = self.alloc(u64::from(in_len) + 1);
+        let status = writable.unchecked_add(u64::from(in_len));
+        self.mem.write_obj(0xffu8, status).unwrap();
+        let mut bufs = cut(readable, out_len, &framing.readable, false);
+        bufs.extend(cut(
+            writable,
+            u64::from(in_len) + 1,
+            &framing.writable,
+            true,
+        ));
+        let data = if in_len > 0 {
+            vec![Buf::writable(writable, in_len)]
+        } else if !payload.is_empty() {
+            vec![Buf::readable(
+                readable.unchecked_add(16),
+                payload.len() as u32,
+            )]
+        } else {
+            Vec::new()
+        };
+        let head = if framing.indirect {
+            self.add_indirect_chain(&bufs)
+        } else {
+            self.add_chain(&bufs)
+        };
         BlkRequest { head, data, status }
     }
 

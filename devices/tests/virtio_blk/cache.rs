@@ -165,3 +165,28 @@ fn shutdown_flushes_unless_unsafe_and_is_idempotent() {
         assert_eq!(json["device"]["requests"], 1);
     }
 }
+
+#[test]
+fn config_wce_without_flush_starts_with_writeback_0() {
+    for cache in [CacheMode::Writeback, CacheMode::None, CacheMode::Unsafe] {
+        let Some(mut rig) = rig_in(cache) else {
+            continue;
+        };
+        // §5.2.5.2: CONFIG_WCE negotiated, FLUSH not: writeback MUST be 0.
+        rig.driver
+            .init(bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_BLK_F_CONFIG_WCE));
+        assert_eq!(rig.wce(), 0, "{cache}");
+        rig.write(0, &[4; 512]);
+        let s = rig.stats();
+        assert!(!s.write_cache, "{cache}");
+        if cache == CacheMode::Unsafe {
+            assert_eq!(s.disk.host_syncs, 0, "unsafe promises nothing");
+        } else {
+            assert_eq!(s.disk.dsync_writes, 1, "{cache}: write not durable");
+        }
+        // The driver may still turn the cache on (its choice: it cannot
+        // flush then).
+        rig.set_wce(1);
+        assert_eq!(rig.wce(), 1, "{cache}");
+    }
+}

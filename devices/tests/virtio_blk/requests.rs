@@ -373,10 +373,16 @@ fn invalid_requests_get_ioerr_or_unsupp_and_touch_nothing() {
             vec![Buf::readable(scsi, 16), Buf::writable(s, 1)],
             UNSUPP,
         ));
-        let h2 = hdr(&mut rig, VIRTIO_BLK_T_FLUSH, 0);
+        // §2.7.4.2: device-readable descriptors come first.
+        let h2 = hdr(&mut rig, VIRTIO_BLK_T_IN, 0);
         v.push((
-            "status two bytes",
-            vec![Buf::readable(h2, 16), Buf::writable(s, 2)],
+            "readable after writable",
+            vec![
+                Buf::readable(h2, 16),
+                Buf::writable(d, 512),
+                Buf::readable(h2, 16),
+                Buf::writable(s, 1),
+            ],
             IOERR,
         ));
         v
@@ -439,13 +445,13 @@ fn malformed_chains_need_reset_and_a_reset_recovers() {
     };
     type Craft = fn(&mut Rig);
     let crafts: [(&str, Craft); 6] = [
-        ("header too short", |rig| {
+        ("fewer than 16 readable bytes", |rig| {
             let h = rig.driver.alloc(16);
             let d = rig.driver.alloc(512);
             let s = rig.driver.alloc(1);
             rig.driver.add_chain(&[
                 Buf::readable(h, 8),
-                Buf::readable(d, 512),
+                Buf::writable(d, 512),
                 Buf::writable(s, 1),
             ]);
         }),

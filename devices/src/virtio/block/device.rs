@@ -14,7 +14,7 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::io_thread::{Control, Worker};
@@ -69,13 +69,16 @@ pub type ThreadStart = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
 /// The features a disk gets (DESIGN.md "Cache modes": VERSION_1, FLUSH and
 /// CONFIG_WCE always; RO, DISCARD, WRITE_ZEROES as the disk allows).
+/// INDIRECT_DESC lets a driver put a large request in one ring entry
+/// (virtio-queue walks the tables; §2.7.5.3).
 pub fn features_for(disk: &Disk) -> u64 {
     let mut f = (1u64 << VIRTIO_F_VERSION_1)
         | (1 << VIRTIO_BLK_F_FLUSH)
         | (1 << VIRTIO_BLK_F_CONFIG_WCE)
         | (1 << VIRTIO_BLK_F_BLK_SIZE)
         | (1 << VIRTIO_BLK_F_SEG_MAX)
-        | (1 << VIRTIO_RING_F_EVENT_IDX);
+        | (1 << VIRTIO_RING_F_EVENT_IDX)
+        | (1 << VIRTIO_RING_F_INDIRECT_DESC);
     if disk.read_only() {
         f |= 1 << VIRTIO_BLK_F_RO;
     }

@@ -22,9 +22,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use block::{CacheMode, Completion, Disk, Op, Segment};
-use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_S_UNSUPP,
-};
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_S_UNSUPP};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -396,10 +394,10 @@ impl IoThread {
         interrupt: Arc<VirtioInterrupt>,
     ) -> Result<bool, String> {
         self.drop_queue();
-        // DESIGN.md: a driver that negotiates neither FLUSH nor CONFIG_WCE
-        // cannot flush, so its writes must be durable when they complete.
-        let flush_bits = (1 << VIRTIO_BLK_F_FLUSH) | (1 << VIRTIO_BLK_F_CONFIG_WCE);
-        if features & flush_bits == 0 {
+        // §5.2.5.2: with CONFIG_WCE but not FLUSH the device MUST start
+        // with writeback 0; without either, the driver cannot flush at all.
+        // Either way its writes must be durable when they complete.
+        if features & (1 << VIRTIO_BLK_F_FLUSH) == 0 {
             self.disk
                 .set_write_cache(false)
                 .map_err(|e| e.to_string())?;

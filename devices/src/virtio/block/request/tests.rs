@@ -174,9 +174,29 @@ fn header_must_be_readable_and_16_bytes() {
     assert!(matches!(e, ChainError::ShortHeader { len: 0 }));
     let e = malformed(parse(&m, &[st()]));
     assert!(matches!(e, ChainError::ShortHeader { len: 0 }));
-    // Header and data in one buffer: answerable, refused.
+    // Split 8 + 8 it is a header (§2.7.4.1); split 8 + (writable) 8 + 8
+    // it is a header in the wrong order (§2.7.4.2): answerable, refused.
+    let r = parse(&m, &[desc(HDR, 8, false), desc(HDR + 8, 8, false), st()]);
+    assert!(matches!(
+        r.unwrap().kind,
+        RequestKind::Read { sector: 0, .. }
+    ));
+    let e = refused(
+        parse(
+            &m,
+            &[
+                desc(HDR, 8, false),
+                desc(DATA, 512, true),
+                desc(HDR + 8, 8, false),
+                st(),
+            ],
+        ),
+        VIRTIO_BLK_S_IOERR,
+    );
+    assert!(matches!(e, RequestError::ReadableAfterWritable { addr } if addr == HDR + 8));
+    // A read with readable bytes after its header: data the wrong way.
     let e = refused(parse(&m, &[desc(HDR, 17, false), st()]), VIRTIO_BLK_S_IOERR);
-    assert!(matches!(e, RequestError::HeaderLength { len: 17 }));
+    assert!(matches!(e, RequestError::DataDirection { addr, .. } if addr == HDR + 16));
 }
 
 #[test]
@@ -194,12 +214,13 @@ fn status_must_be_writable_one_byte_and_last() {
         malformed(parse(&m, &[hdr(), desc(STATUS, 0, true)])),
         ChainError::StatusEmpty
     );
+    // A 2-byte status descriptor is one data byte and the status: a read
+    // of one byte, refused, the status in its last byte.
     let e = refused(
         parse(&m, &[hdr(), desc(STATUS, 2, true)]),
         VIRTIO_BLK_S_IOERR,
     );
-    assert!(matches!(e, RequestError::StatusLength { len: 2 }));
-    // With a 2-byte status descriptor the status is its last byte.
+    assert!(matches!(e, RequestError::DataNotSectorMultiple { len: 1 }));
     let Err(ParseError::Refused { slot, reason }) = parse(&m, &[hdr(), desc(STATUS, 2, true)])
     else {
         unreachable!()
