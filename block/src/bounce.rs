@@ -75,12 +75,14 @@ pub(crate) fn needs_bounce(segments: &[Segment], align: usize) -> bool {
                 .any(|s| !(s.addr as usize).is_multiple_of(align) || !s.len.is_multiple_of(align)))
 }
 
-/// Copies the segments, in order, into the start of `buf`.
+/// Copies the segments, in order, into `buf` from byte `skip` on.
 ///
 /// # Safety
 /// Each segment must be valid for reads of `len` bytes and not overlap `buf`.
-pub(crate) unsafe fn gather(segments: &[Segment], buf: &mut AlignedBuf) {
-    let dst = buf.as_mut_slice();
+pub(crate) unsafe fn gather(segments: &[Segment], buf: &mut AlignedBuf, skip: usize) {
+    let all = buf.as_mut_slice();
+    let from = skip.min(all.len());
+    let dst = &mut all[from..];
     let mut at = 0;
     for s in segments {
         let n = s.len.min(dst.len() - at);
@@ -91,12 +93,15 @@ pub(crate) unsafe fn gather(segments: &[Segment], buf: &mut AlignedBuf) {
     }
 }
 
-/// Copies the first `n` bytes of `buf` out over the segments, in order.
+/// Copies `n` bytes of `buf` from byte `skip` on out over the segments, in
+/// order.
 ///
 /// # Safety
 /// Each segment must be valid for writes of `len` bytes and not overlap `buf`.
-pub(crate) unsafe fn scatter(buf: &AlignedBuf, n: usize, segments: &[Segment]) {
-    let src = &buf.as_slice()[..n.min(buf.len())];
+pub(crate) unsafe fn scatter(buf: &AlignedBuf, skip: usize, n: usize, segments: &[Segment]) {
+    let all = buf.as_slice();
+    let from = skip.min(all.len());
+    let src = &all[from..from + n.min(all.len() - from)];
     let mut at = 0;
     for s in segments {
         if at >= src.len() {
@@ -168,14 +173,24 @@ mod tests {
         let segs = [seg(&mut a), seg(&mut b)];
         let mut buf = AlignedBuf::zeroed(1024, 512).expect("alloc");
         // SAFETY: the segments point into live vectors distinct from buf.
-        unsafe { gather(&segs, &mut buf) };
+        unsafe { gather(&segs, &mut buf, 0) };
         assert_eq!(buf.as_slice(), &expect[..]);
         let mut c = vec![0u8; 1000];
         let mut d = vec![0u8; 24];
         let out = [seg(&mut c), seg(&mut d)];
         // SAFETY: as above.
-        unsafe { scatter(&buf, 1024, &out) };
+        unsafe { scatter(&buf, 0, 1024, &out) };
         assert_eq!(c[..], expect[..1000]);
         assert_eq!(d[..], expect[1000..]);
+        // With an offset: the caller's bytes in the middle of host blocks.
+        let mut e = vec![0u8; 100];
+        let out = [seg(&mut e)];
+        // SAFETY: as above.
+        unsafe { scatter(&buf, 700, 100, &out) };
+        assert_eq!(e[..], expect[700..800]);
+        let mut f = vec![9u8; 24];
+        // SAFETY: as above.
+        unsafe { gather(&[seg(&mut f)], &mut buf, 1000) };
+        assert!(buf.as_slice()[1000..].iter().all(|&x| x == 9));
     }
 }

@@ -15,11 +15,14 @@ use crate::engine::{self, Engine, EngineKind, HostOp, RawCompletion};
 use crate::lifecycle::{host_op, step, Step};
 use crate::lock::ImageLock;
 use crate::open::{self, FileKind, Geometry};
-use crate::request::{InFlight, Kind, Stage};
+use crate::request::{InFlight, Kind, Stage, Window};
 use crate::{BlockError, CacheMode, Completion, DiskStats, Op};
 
 /// Operations in flight at most, per disk.
 pub const QUEUE_DEPTH: usize = 128;
+
+/// virtio's unit: reads and writes are multiples of it on every host.
+const SECTOR: u64 = 512;
 
 /// How to open a disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +75,13 @@ pub struct Disk {
     active: usize,
     ready: VecDeque<Completion>,
     raw: Vec<RawCompletion>,
+    /// Read-modify-writes in slots (held or running).
+    rmw_in_flight: usize,
+    /// Slots whose request waits for an overlapping one, oldest first.
+    held: VecDeque<usize>,
+    /// `release_held` is running (it can be re-entered through an inline
+    /// write's completion).
+    releasing: bool,
     eventfd: EventFd,
     /// This side wrote `eventfd` since the last `drain_completions` read
     /// it: one signal is enough until then, and a polling caller that
@@ -84,7 +94,7 @@ pub struct Disk {
 impl Disk {
     /// Opens (and locks: exclusive if writable, shared if read-only) the image.
     pub fn open(cfg: &DiskConfig) -> Result<Disk, BlockError> {
-        Disk::open_inner(cfg, 1)
+        Disk::open_inner(cfg, 1, 512)
     }
 
     /// Like `open`, but treats buffers as misaligned unless their address and
@@ -95,10 +105,23 @@ impl Disk {
         cfg: &DiskConfig,
         mem_alignment: usize,
     ) -> Result<Disk, BlockError> {
-        Disk::open_inner(cfg, mem_alignment)
+        Disk::open_inner(cfg, mem_alignment, 512)
     }
 
-    fn open_inner(cfg: &DiskConfig, min_align: usize) -> Result<Disk, BlockError> {
+    /// Like `open_with_mem_alignment`, and also treats the image as if its
+    /// logical block were `block_size` bytes (a power of two, at least
+    /// 512): what the guest is told as BLK_SIZE, and the unit below which
+    /// reads are widened and writes read-modify-written. For tests: a 4Kn
+    /// host on any file system and cache mode.
+    pub fn open_with_alignment(
+        cfg: &DiskConfig,
+        mem_alignment: usize,
+        block_size: u32,
+    ) -> Result<Disk, BlockError> {
+        Disk::open_inner(cfg, mem_alignment, block_size)
+    }
+
+    fn open_inner(cfg: &DiskConfig, min_align: usize, min_block: u32) -> Result<Disk, BlockError> {
         let path = cfg.path.clone();
         let lock = ImageLock::acquire(&path, !cfg.read_only)?;
         let wce = cfg.cache.default_write_cache();
@@ -108,6 +131,9 @@ impl Disk {
         geometry.mem_alignment = geometry
             .mem_alignment
             .max(min_align.max(1).next_power_of_two());
+        geometry.logical_block_size = geometry
+            .logical_block_size
+            .max(min_block.max(512).next_power_of_two());
         let supports_discard =
             !cfg.read_only && open::probe_punch_hole(&file, geometry.kind, geometry.capacity);
         let eventfd =
@@ -131,6 +157,9 @@ impl Disk {
             active: 0,
             ready: VecDeque::new(),
             raw: Vec::with_capacity(QUEUE_DEPTH),
+            rmw_in_flight: 0,
+            held: VecDeque::new(),
+            releasing: false,
             eventfd,
             signalled: false,
             file,
@@ -339,7 +368,6 @@ impl Disk {
 
     /// Validates `op` and turns it into an in-flight request.
     fn prepare(&mut self, op: Op, user_data: u64) -> Result<Prepared, BlockError> {
-        let lbs = u64::from(self.geometry.logical_block_size);
         let (kind, offset, len) = match &op {
             Op::Read { offset, segments } => (Kind::Read, *offset, seg_total(segments)),
             Op::Write { offset, segments } => (Kind::Write, *offset, seg_total(segments)),
@@ -347,32 +375,7 @@ impl Disk {
             Op::Discard { offset, len } => (Kind::Discard, *offset, *len),
             Op::WriteZeroes { offset, len, .. } => (Kind::WriteZeroes, *offset, *len),
         };
-        if self.read_only && matches!(kind, Kind::Write | Kind::Discard | Kind::WriteZeroes) {
-            return Err(BlockError::ReadOnly);
-        }
-        if !offset.is_multiple_of(lbs) || !len.is_multiple_of(lbs) {
-            return Err(BlockError::Misaligned {
-                offset,
-                len,
-                align: lbs,
-            });
-        }
-        if offset
-            .checked_add(len)
-            .is_none_or(|end| end > self.capacity())
-        {
-            return Err(BlockError::OutOfRange {
-                offset,
-                len,
-                capacity: self.capacity(),
-            });
-        }
-        if matches!(kind, Kind::Read | Kind::Write) && len > u64::from(u32::MAX) {
-            return Err(BlockError::TooLarge {
-                len,
-                max: u64::from(u32::MAX),
-            });
-        }
+        self.check(kind, offset, len)?;
         let done = |result| Ok(Prepared::Done(kind, Completion { user_data, result }));
         match op {
             Op::Read { segments, .. } | Op::Write { segments, .. } => {
@@ -381,30 +384,7 @@ impl Disk {
                 }
                 let mut r = InFlight::new(user_data, kind, Stage::Transfer, offset, len);
                 r.segments = segments;
-                if kind == Kind::Write {
-                    r.fd_dsync = self.fd_dsync;
-                    r.rwf_dsync = self.durable_writes() && !self.fd_dsync;
-                }
-                let len_align = if self.cache.direct() {
-                    self.geometry.mem_alignment.max(lbs as usize)
-                } else {
-                    self.geometry.mem_alignment
-                };
-                if bounce::needs_bounce(&r.segments, self.geometry.mem_alignment)
-                    || r.segments.iter().any(|s| !s.len.is_multiple_of(len_align))
-                {
-                    let buf =
-                        AlignedBuf::zeroed(len as usize, self.geometry.mem_alignment.max(512))
-                            .ok_or_else(|| {
-                                BlockError::Io(io::Error::from(io::ErrorKind::OutOfMemory))
-                            })?;
-                    r.bounce = Some(buf);
-                    r.bounce_iovec(len as usize);
-                    self.stats.bounced += 1;
-                } else {
-                    r.direct_iovecs();
-                }
-                Ok(Prepared::Queue(r))
+                self.plan_transfer(r).map(Prepared::Queue)
             }
             Op::Flush => {
                 if self.cache == CacheMode::Unsafe || self.read_only {
@@ -416,28 +396,17 @@ impl Disk {
                 if !self.wce && self.write_gen == self.synced_gen {
                     return done(Ok(0)); // writes are durable and nothing changed since
                 }
-                Ok(Prepared::Queue(InFlight::new(
-                    user_data,
-                    kind,
-                    Stage::Flush {
-                        gen: self.write_gen,
-                    },
-                    0,
-                    0,
-                )))
+                let gen = self.write_gen;
+                let r = InFlight::new(user_data, kind, Stage::Flush { gen }, 0, 0);
+                Ok(Prepared::Queue(r))
             }
             Op::Discard { .. } => {
                 if len == 0 || !self.supports_discard {
                     return done(Ok(0)); // discard is a hint; nothing to deallocate
                 }
                 let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-                Ok(Prepared::Queue(InFlight::new(
-                    user_data,
-                    kind,
-                    Stage::Fallocate { mode },
-                    offset,
-                    len,
-                )))
+                let r = InFlight::new(user_data, kind, Stage::Fallocate { mode }, offset, len);
+                Ok(Prepared::Queue(r))
             }
             Op::WriteZeroes { may_unmap, .. } => {
                 if len == 0 {
@@ -457,6 +426,104 @@ impl Disk {
         }
     }
 
+    /// The checks every operation passes before it is queued. Reads and
+    /// writes need 512-byte units only (virtio's, on every host, §5.2.5);
+    /// discard and write-zeroes whole host blocks.
+    fn check(&self, kind: Kind, offset: u64, len: u64) -> Result<(), BlockError> {
+        if self.read_only && matches!(kind, Kind::Write | Kind::Discard | Kind::WriteZeroes) {
+            return Err(BlockError::ReadOnly);
+        }
+        let align = match kind {
+            Kind::Read | Kind::Write => SECTOR,
+            _ => u64::from(self.geometry.logical_block_size),
+        };
+        if !offset.is_multiple_of(align) || !len.is_multiple_of(align) {
+            return Err(BlockError::Misaligned { offset, len, align });
+        }
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > self.capacity())
+        {
+            return Err(BlockError::OutOfRange {
+                offset,
+                len,
+                capacity: self.capacity(),
+            });
+        }
+        if matches!(kind, Kind::Read | Kind::Write) && len > u64::from(u32::MAX) {
+            return Err(BlockError::TooLarge {
+                len,
+                max: u64::from(u32::MAX),
+            });
+        }
+        Ok(())
+    }
+
+    /// Decides how a read or write reaches the file: straight from the
+    /// caller's memory, through an aligned bounce buffer, or widened to
+    /// whole host blocks (read-modify-write for a write).
+    fn plan_transfer(&mut self, mut r: InFlight) -> Result<InFlight, BlockError> {
+        let lbs = u64::from(self.geometry.logical_block_size);
+        if r.kind == Kind::Write {
+            r.fd_dsync = self.fd_dsync;
+            r.rwf_dsync = self.durable_writes() && !self.fd_dsync;
+        }
+        if !r.offset.is_multiple_of(lbs) || !r.len.is_multiple_of(lbs) {
+            self.widen(&mut r, lbs)?;
+        } else if self.needs_bounce(&r.segments) {
+            self.stats.bounced += 1;
+        } else {
+            r.direct_iovecs();
+            return Ok(r);
+        }
+        let align = self.geometry.mem_alignment.max(512);
+        let buf = AlignedBuf::zeroed(r.len as usize, align)
+            .ok_or_else(|| BlockError::Io(io::Error::from(io::ErrorKind::OutOfMemory)))?;
+        r.bounce = Some(buf);
+        r.bounce_iovec(r.len as usize);
+        Ok(r)
+    }
+
+    /// Whether the caller's segments cannot go to the kernel as they are.
+    fn needs_bounce(&self, segments: &[crate::Segment]) -> bool {
+        let mem = self.geometry.mem_alignment;
+        let len_align = if self.cache.direct() {
+            mem.max(self.geometry.logical_block_size as usize)
+        } else {
+            mem
+        };
+        bounce::needs_bounce(segments, mem)
+            || segments.iter().any(|s| !s.len.is_multiple_of(len_align))
+    }
+
+    /// Widens `r` to the host blocks it touches (§5.2.5: the protocol's
+    /// unit is 512 bytes whatever the host's block). A write first reads
+    /// those blocks (`Stage::RmwRead`). The image's last, partial host
+    /// block cannot be widened into without growing the file: refused.
+    fn widen(&mut self, r: &mut InFlight, lbs: u64) -> Result<(), BlockError> {
+        let start = r.offset - r.offset % lbs;
+        let end = (r.offset + r.len).next_multiple_of(lbs);
+        if end > self.capacity() {
+            return Err(BlockError::Misaligned {
+                offset: r.offset,
+                len: r.len,
+                align: lbs,
+            });
+        }
+        r.window = Some(Window {
+            skip: (r.offset - start) as usize,
+            len: r.len as usize,
+        });
+        (r.offset, r.len) = (start, end - start);
+        if r.kind == Kind::Write {
+            r.stage = Stage::RmwRead;
+            self.stats.read_modify_writes += 1;
+        } else {
+            self.stats.widened_reads += 1;
+        }
+        Ok(())
+    }
+
     /// Guest writes must be durable at completion (write cache off), which
     /// `unsafe` never promises.
     fn durable_writes(&self) -> bool {
@@ -469,9 +536,9 @@ impl Disk {
     /// `r`'s caller segments are valid as `submit` requires.
     unsafe fn start(&mut self, mut r: InFlight) {
         if let Some(b) = r.bounce.as_mut() {
-            if r.kind == Kind::Write {
+            if r.kind == Kind::Write && r.stage == Stage::Transfer {
                 // SAFETY: submit's contract: the segments are readable.
-                unsafe { bounce::gather(&r.segments, b) };
+                unsafe { bounce::gather(&r.segments, b, 0) };
             }
         }
         let Some(slot) = self.free.pop() else {
@@ -480,9 +547,58 @@ impl Disk {
             return;
         };
         self.active += 1;
+        if r.is_rmw() {
+            self.rmw_in_flight += 1;
+        }
+        // Only while a read-modify-write is in flight can two writes undo
+        // each other: the common case checks nothing.
+        r.held =
+            self.rmw_in_flight > 0 && self.slots.iter().flatten().any(|o| o.conflicts_with(&r));
         let op = host_op(&r);
+        let held = r.held;
         self.slots[slot] = Some(r);
-        self.push(slot, op);
+        if held {
+            self.held.push_back(slot);
+        } else {
+            self.push(slot, op);
+        }
+    }
+
+    /// Starts the held requests that no longer overlap an earlier
+    /// conflicting one, in the order they came.
+    fn release_held(&mut self) {
+        if self.releasing {
+            return; // a release further up the stack rescans
+        }
+        self.releasing = true;
+        let mut i = 0;
+        while i < self.held.len() {
+            let slot = self.held[i];
+            let blocked = match self.slots[slot].as_ref() {
+                Some(r) => self.slots.iter().enumerate().any(|(j, o)| {
+                    o.as_ref().is_some_and(|o| {
+                        j != slot
+                            && o.conflicts_with(r)
+                            && (!o.held || self.held.iter().take(i).any(|&h| h == j))
+                    })
+                }),
+                None => false,
+            };
+            if blocked {
+                i += 1;
+                continue;
+            }
+            self.held.remove(i);
+            let Some(r) = self.slots[slot].as_mut() else {
+                continue;
+            };
+            r.held = false;
+            let op = host_op(r);
+            self.push(slot, op);
+            // An inline write may have finished others meanwhile.
+            i = 0;
+        }
+        self.releasing = false;
     }
 
     /// Whether `op` is a plain buffered write (page cache, no sync per
@@ -532,6 +648,10 @@ impl Disk {
         let r = self.slots.get_mut(slot)?.take()?;
         self.free.push(slot);
         self.active -= 1;
+        if r.is_rmw() {
+            self.rmw_in_flight -= 1;
+        }
+        self.held.retain(|&h| h != slot);
         Some(r)
     }
 
@@ -633,7 +753,7 @@ impl Disk {
                     Ok(None) => {
                         if let Some(r) = self.take(slot) {
                             let n = if r.kind == Kind::Write {
-                                r.len as u32
+                                r.caller_len()
                             } else {
                                 0
                             };
@@ -656,6 +776,9 @@ impl Disk {
         }
         if let Some(op) = next_op {
             self.push(slot, op);
+        }
+        if !self.held.is_empty() {
+            self.release_held();
         }
     }
 

@@ -71,12 +71,14 @@ pub(crate) fn step(r: &mut InFlight, res: i64) -> Step {
                 return Step::Modified(Ok(None));
             }
             if let Some(b) = &r.bounce {
+                let skip = r.window.map_or(0, |w| w.skip);
                 // SAFETY: submit's contract: the segments are writable and
                 // untouched by anyone else until this completion is returned.
-                unsafe { bounce::scatter(b, r.len as usize, &r.segments) };
+                unsafe { bounce::scatter(b, skip, r.caller_len() as usize, &r.segments) };
             }
-            Step::Done(Ok(r.len as u32))
+            Step::Done(Ok(r.caller_len()))
         }
+        Stage::RmwRead => rmw_read_done(r, res),
         Stage::Flush { gen } => Step::Synced(gen, if res < 0 { Err(err(res)) } else { Ok(0) }),
         Stage::SyncAfter { gen } => Step::Synced(gen, if res < 0 { Err(err(res)) } else { Ok(0) }),
         Stage::Fallocate { mode } => {
@@ -114,6 +116,34 @@ pub(crate) fn step(r: &mut InFlight, res: i64) -> Step {
     }
 }
 
+/// After (part of) the read of a read-modify-write: read on, or put the
+/// caller's bytes over the host blocks and write them back. Nothing was
+/// changed yet, so a failure is a plain error.
+fn rmw_read_done(r: &mut InFlight, res: i64) -> Step {
+    if res < 0 {
+        return Step::Done(Err(BlockError::Io(io::Error::from_raw_os_error(
+            (-res) as i32,
+        ))));
+    }
+    if res == 0 {
+        return Step::Done(Err(short_transfer(r, false)));
+    }
+    r.done += res as u64;
+    if r.done < r.len {
+        r.advance(res as usize);
+        return Step::Again(host_op(r));
+    }
+    if let (Some(b), Some(w)) = (r.bounce.as_mut(), r.window) {
+        // SAFETY: submit's contract: the segments are readable and
+        // untouched by anyone else until this completion is returned.
+        unsafe { bounce::gather(&r.segments, b, w.skip) };
+    }
+    r.stage = Stage::Transfer;
+    r.done = 0;
+    r.bounce_iovec(r.len as usize);
+    Step::Again(host_op(r))
+}
+
 /// After a zero-fill chunk: the next chunk, the durability sync, or done.
 fn next_zero_chunk(r: &mut InFlight) -> Option<HostOp> {
     if r.done < r.len {
@@ -145,7 +175,7 @@ pub(crate) fn host_op(r: &InFlight) -> HostOp {
     let (iov, count) = r.pending_iovecs();
     let offset = r.offset + r.done;
     match (r.stage, r.kind) {
-        (Stage::Transfer, Kind::Read) => HostOp::Readv { iov, count, offset },
+        (Stage::Transfer, Kind::Read) | (Stage::RmwRead, _) => HostOp::Readv { iov, count, offset },
         (Stage::Transfer, _) | (Stage::ZeroFill, _) => HostOp::Writev {
             iov,
             count,

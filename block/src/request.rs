@@ -91,6 +91,20 @@ pub(crate) enum Stage {
     ZeroFill,
     /// fdatasync that makes a write-zeroes durable (write cache off).
     SyncAfter { gen: u64 },
+    /// The read half of a read-modify-write: the whole host blocks around
+    /// a 512-aligned write that is not aligned to them, into the bounce
+    /// buffer, `done` bytes so far.
+    RmwRead,
+}
+
+/// Where the caller's bytes lie inside a request widened to whole host
+/// blocks (virtio's 512-byte units on a host with larger blocks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Window {
+    /// Bytes of the widened range before the caller's.
+    pub skip: usize,
+    /// The caller's length.
+    pub len: usize,
 }
 
 /// The iovec array the kernel reads. Boxed so it never moves while the
@@ -128,6 +142,10 @@ pub(crate) struct InFlight {
     pub sync_after: bool,
     /// Host operations retried after EINTR/EAGAIN.
     pub retries: u8,
+    /// Widened to whole host blocks: where the caller's bytes are.
+    pub window: Option<Window>,
+    /// Waits for an overlapping request before its first host operation.
+    pub held: bool,
 }
 
 impl InFlight {
@@ -147,7 +165,35 @@ impl InFlight {
             fd_dsync: false,
             sync_after: false,
             retries: 0,
+            window: None,
+            held: false,
         }
+    }
+
+    /// Bytes the caller asked for (the completion's count on success).
+    pub(crate) fn caller_len(&self) -> u32 {
+        self.window.map_or(self.len, |w| w.len as u64) as u32
+    }
+
+    /// A write, discard or write-zeroes: it changes the image.
+    pub(crate) fn modifies(&self) -> bool {
+        self.kind != Kind::Read && self.kind != Kind::Flush
+    }
+
+    /// A write that reads its host blocks first.
+    pub(crate) fn is_rmw(&self) -> bool {
+        self.kind == Kind::Write && self.window.is_some()
+    }
+
+    /// Whether `self` must wait for `other` (or the other way round):
+    /// both change overlapping bytes and one of them rewrites whole host
+    /// blocks from what it read, which would undo the other's bytes.
+    pub(crate) fn conflicts_with(&self, other: &InFlight) -> bool {
+        self.modifies()
+            && other.modifies()
+            && (self.is_rmw() || other.is_rmw())
+            && self.offset < other.offset + other.len
+            && other.offset < self.offset + self.len
     }
 
     /// Points the iovecs at the segments themselves.

@@ -305,7 +305,8 @@ fn write_zeroes_fallback(engine: EngineKind) {
 }
 
 /// A loop device with 4096-byte sectors: size from BLKGETSIZE64, block size
-/// from the device, O_DIRECT requests bounced, misaligned ones refused.
+/// from the device, O_DIRECT requests bounced, 512-aligned reads and writes
+/// widened to whole blocks in every mode, misaligned discards refused.
 fn block_device_4k_sectors(engine: EngineKind) {
     let dir = scratch();
     let backing = image(dir.path(), 8 << 20);
@@ -371,6 +372,21 @@ fn block_device_4k_sectors(engine: EngineKind) {
         back[12288..8192 + 16384] == data[4096..],
         "reached the backing file"
     );
+    // §5.2.5: 512-byte units on a 4Kn device, in every mode: a sector
+    // inside a block and a range across a block boundary.
+    for mode in CacheMode::ALL {
+        let mut d = open(dev, mode, engine);
+        let base = 65536 * (mode as u64 + 1);
+        for (off, len, seed) in [(base + 512, 512, 1u8), (base + 7680, 1024, 2)] {
+            let data = pattern(len, seed + mode as u8);
+            write_at(&mut d, off, &data, 0, &[])
+                .result
+                .expect("read-modify-write");
+            assert!(read_at(&mut d, off, len, 0, &[]) == data, "{mode} {off}");
+        }
+        assert_eq!(d.stats().read_modify_writes, 2, "{mode}");
+        op(&mut d, Op::Flush).result.expect("flush");
+    }
 }
 
 per_engine!(

@@ -55,6 +55,8 @@ pub struct Opts {
     pub sectors: u64,
     /// The I/O thread's poll window.
     pub poll_max: Duration,
+    /// The host's logical block as the disk is forced to see it.
+    pub block_size: u32,
 }
 
 impl Default for Opts {
@@ -66,6 +68,7 @@ impl Default for Opts {
             engine: None,
             sectors: SECTORS,
             poll_max: DEFAULT_POLL_MAX,
+            block_size: 512,
         }
     }
 }
@@ -95,7 +98,7 @@ pub fn rig(opts: Opts) -> Option<Rig> {
         read_only: opts.read_only,
         engine: opts.engine,
     };
-    let disk = match Disk::open(&cfg) {
+    let disk = match Disk::open_with_alignment(&cfg, 1, opts.block_size) {
         Ok(d) => d,
         Err(e @ (BlockError::DirectIoUnsupported { .. } | BlockError::Engine(_))) => {
             eprintln!("SKIP: {e}");
