@@ -174,6 +174,17 @@ pub struct Status {
     pub readonly: bool,
 }
 
+/// A re-framing of a chain (§2.7.4.1: any layout): its device-readable
+/// buffers' bytes laid out back to back, then its device-writable ones,
+/// each stream cut into descriptors at these offsets (modulo its length).
+#[derive(Arbitrary, Clone, Debug, Default)]
+pub struct Reframe {
+    /// Cuts in the device-readable bytes (the first 8 are used).
+    pub readable: Vec<u16>,
+    /// Cuts in the device-writable bytes (the first 8 are used).
+    pub writable: Vec<u16>,
+}
+
 /// One request as a driver would build it.
 #[derive(Arbitrary, Clone, Debug)]
 pub struct Chain {
@@ -187,6 +198,8 @@ pub struct Chain {
     pub data: Vec<Buf>,
     /// The status byte.
     pub status: Status,
+    /// Lay the buffers out again, cut elsewhere.
+    pub reframe: Option<Reframe>,
 }
 
 /// One thing the driver does to guest memory.
@@ -329,6 +342,13 @@ impl Builder<'_> {
         let addr = self.place(s.addr, u64::from(len), 1);
         self.fill(addr, u64::from(len), 0xff);
         bufs.push((addr, len, !s.readonly));
+        if let Some(r) = &c.reframe {
+            let reframed = self.reframe(&bufs, r);
+            // Nothing but empty buffers: keep them as they were.
+            if !reframed.is_empty() {
+                bufs = reframed;
+            }
+        }
 
         let flags = |i: usize, writable: bool| {
             let mut f = if writable {
@@ -368,6 +388,44 @@ impl Builder<'_> {
             indices[0]
         };
         self.heads.push(head);
+    }
+
+    /// `bufs` as two contiguous streams (readable, then writable; bytes
+    /// of buffers outside memory read as zeros, each stream at most
+    /// [`MAX_ALLOC`]) cut at `r`'s offsets.
+    fn reframe(&mut self, bufs: &[(u64, u32, bool)], r: &Reframe) -> Vec<(u64, u32, bool)> {
+        let mut out = Vec::new();
+        for (writable, cuts) in [(false, &r.readable), (true, &r.writable)] {
+            let mut bytes = Vec::new();
+            for &(addr, len, _) in bufs.iter().filter(|b| b.2 == writable) {
+                let n = u64::from(len).min(MAX_ALLOC - bytes.len() as u64);
+                match self.flat.read(addr, n) {
+                    Some(b) => bytes.extend_from_slice(b),
+                    None => bytes.resize(bytes.len() + n as usize, 0),
+                }
+            }
+            if bytes.is_empty() {
+                continue;
+            }
+            let start = self.alloc.take(bytes.len() as u64, 8);
+            self.flat.write(start, &bytes);
+            let total = bytes.len() as u64;
+            let mut points: Vec<u64> = cuts
+                .iter()
+                .take(MAX_BUFS)
+                .map(|&c| u64::from(c) % total)
+                .filter(|&c| c > 0)
+                .collect();
+            points.sort_unstable();
+            points.dedup();
+            points.push(total);
+            let mut at = 0;
+            for p in points {
+                out.push((start + at, (p - at) as u32, writable));
+                at = p;
+            }
+        }
+        out
     }
 
     fn item(&mut self, item: &Item) {
