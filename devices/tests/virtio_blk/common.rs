@@ -17,7 +17,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 pub use virtio_bindings::virtio_blk::*;
 pub use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-pub use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+pub use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
 /// Guest RAM of every rig.
 pub const MEM_SIZE: u64 = 0x40_0000;

@@ -28,7 +28,7 @@ use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::device::{BlockDeviceError, ThreadStart};
+use super::error::{BlockDeviceError, ThreadStart};
 use super::metrics::{BlockReport, DeviceCounters, Identity, Live};
 use super::request::{
     write_id, DiskLimits, Finished, GuestRange, InFlight, ParseError, Request, RequestError,
@@ -51,8 +51,10 @@ pub(crate) enum Control {
         queue: Queue,
         features: u64,
         interrupt: Arc<VirtioInterrupt>,
-        reply: Sender<Result<bool, String>>,
+        reply: Sender<Result<bool, block::BlockError>>,
     },
+    /// DRIVER_OK failed (the transport logged why): count it.
+    ActivationFailed,
     /// Device reset: drain, forget the queue, restore the mode's WCE.
     Reset { reply: Sender<bool> },
     /// The driver wrote the `writeback` byte.
@@ -145,7 +147,7 @@ impl Worker {
         match started.recv() {
             Ok(Ok(())) => {}
             Ok(Err(why)) => return Err(BlockDeviceError::ThreadStart(why)),
-            Err(_) => return Err(BlockDeviceError::ThreadStart("the thread died".into())),
+            Err(_) => return Err(BlockDeviceError::ThreadDied),
         }
         Ok(Arc::new(Worker {
             tx,
@@ -154,6 +156,14 @@ impl Worker {
             live,
             thread: Mutex::new(Some(thread)),
         }))
+    }
+
+    /// Sends a message that needs no answer (dropped if the thread is gone).
+    pub(crate) fn post(&self, msg: Control) {
+        if self.tx.send(msg).is_ok() {
+            // A full counter means a wake-up is pending anyway.
+            let _ = self.wake.write(1);
+        }
     }
 
     /// Sends a message and waits for its answer; None once the thread is gone.
@@ -381,6 +391,10 @@ impl IoThread {
                     self.publish();
                     let _ = reply.send(self.disk.write_cache());
                 }
+                Control::ActivationFailed => {
+                    self.counters.activation_failures += 1;
+                    self.publish();
+                }
                 Control::Stop => return Flow::Stop,
             }
         }
@@ -392,15 +406,13 @@ impl IoThread {
         queue: Queue,
         features: u64,
         interrupt: Arc<VirtioInterrupt>,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, block::BlockError> {
         self.drop_queue();
         // §5.2.5.2: with CONFIG_WCE but not FLUSH the device MUST start
         // with writeback 0; without either, the driver cannot flush at all.
         // Either way its writes must be durable when they complete.
         if features & (1 << VIRTIO_BLK_F_FLUSH) == 0 {
-            self.disk
-                .set_write_cache(false)
-                .map_err(|e| e.to_string())?;
+            self.disk.set_write_cache(false)?;
         }
         self.features = features;
         self.active = Some(Active {

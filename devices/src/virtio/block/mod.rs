@@ -23,6 +23,7 @@
 //! ```
 
 pub mod device;
+mod error;
 mod io_thread;
 pub mod metrics;
 pub mod poll;
@@ -30,7 +31,8 @@ pub mod request;
 
 use std::sync::Arc;
 
-pub use device::{BlockDevice, BlockDeviceError, BlockOptions, ThreadStart};
+pub use device::{BlockDevice, BlockOptions};
+pub use error::{BlockDeviceError, StartHookError, ThreadStart};
 pub use metrics::{BlockReport, DeviceCounters};
 pub use poll::DEFAULT_POLL_MAX;
 
