@@ -42,42 +42,7 @@ pub(crate) fn step(r: &mut InFlight, res: i64) -> Step {
         return Step::Again(host_op(r));
     }
     match r.stage {
-        Stage::Transfer | Stage::ZeroFill => {
-            let writing = r.kind != Kind::Read;
-            if res < 0 {
-                return if writing {
-                    Step::Modified(Err(err(res)))
-                } else {
-                    Step::Done(Err(err(res)))
-                };
-            }
-            if res == 0 {
-                let e = short_transfer(r, writing);
-                return if writing {
-                    Step::Modified(Err(e))
-                } else {
-                    Step::Done(Err(e))
-                };
-            }
-            r.done += res as u64;
-            if r.stage == Stage::ZeroFill {
-                return Step::Modified(Ok(next_zero_chunk(r)));
-            }
-            if r.done < r.len {
-                r.advance(res as usize);
-                return Step::Again(host_op(r));
-            }
-            if writing {
-                return Step::Modified(Ok(None));
-            }
-            if let Some(b) = &r.bounce {
-                let skip = r.window.map_or(0, |w| w.skip);
-                // SAFETY: submit's contract: the segments are writable and
-                // untouched by anyone else until this completion is returned.
-                unsafe { bounce::scatter(b, skip, r.caller_len() as usize, &r.segments) };
-            }
-            Step::Done(Ok(r.caller_len()))
-        }
+        Stage::Transfer | Stage::ZeroFill => transfer_done(r, res),
         Stage::RmwRead => rmw_read_done(r, res),
         Stage::Flush { gen } => Step::Synced(gen, if res < 0 { Err(err(res)) } else { Ok(0) }),
         Stage::SyncAfter { gen } => Step::Synced(gen, if res < 0 { Err(err(res)) } else { Ok(0) }),
@@ -114,6 +79,44 @@ pub(crate) fn step(r: &mut InFlight, res: i64) -> Step {
             Step::Modified(Ok(None))
         }
     }
+}
+
+/// After (part of) a data transfer or a zero-fill chunk: transfer on,
+/// copy a bounced read out, or finish. A write that fails may have changed
+/// the image already, so it is `Modified` either way.
+fn transfer_done(r: &mut InFlight, res: i64) -> Step {
+    let writing = r.kind != Kind::Read;
+    let failed = |e| {
+        if writing {
+            Step::Modified(Err(e))
+        } else {
+            Step::Done(Err(e))
+        }
+    };
+    if res < 0 {
+        return failed(BlockError::Io(io::Error::from_raw_os_error((-res) as i32)));
+    }
+    if res == 0 {
+        return failed(short_transfer(r, writing));
+    }
+    r.done += res as u64;
+    if r.stage == Stage::ZeroFill {
+        return Step::Modified(Ok(next_zero_chunk(r)));
+    }
+    if r.done < r.len {
+        r.advance(res as usize);
+        return Step::Again(host_op(r));
+    }
+    if writing {
+        return Step::Modified(Ok(None));
+    }
+    if let Some(b) = &r.bounce {
+        let skip = r.window.map_or(0, |w| w.skip);
+        // SAFETY: submit's contract: the segments are writable and
+        // untouched by anyone else until this completion is returned.
+        unsafe { bounce::scatter(b, skip, r.caller_len() as usize, &r.segments) };
+    }
+    Step::Done(Ok(r.caller_len()))
 }
 
 /// After (part of) the read of a read-modify-write: read on, or put the
