@@ -20,10 +20,14 @@
 
 use std::ops::Deref;
 
+use block::{Disk, Op, Segment};
+
+pub use super::error::{ChainError, RequestError};
+
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
-    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
-    VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+    VIRTIO_BLK_S_OK, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
+    VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+    VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
@@ -109,134 +113,6 @@ pub enum RequestKind {
 /// Total length of `ranges`.
 pub fn total_len(ranges: &[GuestRange]) -> u64 {
     ranges.iter().map(|r| u64::from(r.len)).sum()
-}
-
-/// A chain the device cannot even answer: no status byte to write, or a
-/// descriptor it must not touch. The device then needs a reset.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ChainError {
-    /// The head index yields no descriptor (out of the table, or the table
-    /// is unreadable).
-    #[error("the chain has no descriptor")]
-    Empty,
-    /// The chain loops, is longer than the queue, leaves the table, or has a
-    /// bad indirect table: the last descriptor read still says NEXT.
-    #[error(
-        "the chain is cut off after {descriptors} descriptors (loop, too long, or bad next index)"
-    )]
-    Truncated {
-        /// Descriptors read before the chain broke.
-        descriptors: usize,
-    },
-    /// A descriptor points outside guest memory.
-    #[error("descriptor {addr:#x}+{len:#x} lies outside guest memory")]
-    OutsideMemory {
-        /// Guest address of the buffer.
-        addr: u64,
-        /// Its length.
-        len: u32,
-    },
-    /// The last descriptor is device-readable, so there is no status byte
-    /// (§5.2.6: it is the last byte, device-writable).
-    #[error("the last descriptor is not device-writable, so there is no status byte")]
-    StatusNotWritable,
-    /// The last descriptor has no bytes.
-    #[error("the status descriptor is empty")]
-    StatusEmpty,
-    /// The chain has fewer than the 16 device-readable bytes of the
-    /// request header, however split: the device cannot tell what was
-    /// asked, so it cannot answer (QEMU treats this as a virtio error too,
-    /// which sets DEVICE_NEEDS_RESET).
-    #[error("the chain has {len} device-readable bytes, fewer than the 16 of a header")]
-    ShortHeader {
-        /// Device-readable bytes in the whole chain.
-        len: u32,
-    },
-}
-
-/// Why a well-framed request is refused or failed; [`RequestError::status`]
-/// is what the guest reads in the status byte.
-#[derive(Debug, thiserror::Error)]
-pub enum RequestError {
-    /// A device-readable descriptor follows a device-writable one
-    /// (§2.7.4.2 forbids it).
-    #[error("device-readable buffer at {addr:#x} follows a device-writable one")]
-    ReadableAfterWritable {
-        /// Guest address of the misplaced buffer.
-        addr: u64,
-    },
-    /// Data bytes point the wrong way for the request type.
-    #[error("data at {addr:#x} is {found}, the request needs {wanted}")]
-    DataDirection {
-        /// Guest address of the buffer.
-        addr: u64,
-        /// "device-readable" or "device-writable".
-        found: &'static str,
-        /// The direction the request type needs.
-        wanted: &'static str,
-    },
-    /// IN/OUT data not a whole number of sectors.
-    #[error("data length {len} is not a multiple of 512")]
-    DataNotSectorMultiple {
-        /// Total data length.
-        len: u64,
-    },
-    /// The sector range runs past the end of the disk.
-    #[error("sectors {sector}+{sectors} run past the capacity of {capacity} sectors")]
-    OutOfRange {
-        /// First sector.
-        sector: u64,
-        /// Number of sectors.
-        sectors: u64,
-        /// Capacity in sectors.
-        capacity: u64,
-    },
-    /// A write, discard or write-zeroes to a read-only disk.
-    #[error("the disk is read-only")]
-    ReadOnly,
-    /// A request type the device does not implement or offer.
-    #[error("request type {0} is not supported")]
-    Unsupported(u32),
-    /// A discard/write-zeroes segment with a flag the device must refuse.
-    #[error("segment flags {0:#x} are not supported")]
-    UnsupportedFlags(u32),
-    /// Segment data not a whole number of 16-byte segments, or more segments
-    /// than `max_*_seg`.
-    #[error("{len} bytes of segments (at most {max} segments of 16 bytes)")]
-    SegmentCount {
-        /// Total segment data length.
-        len: u64,
-        /// Segments allowed.
-        max: u32,
-    },
-    /// A segment larger than `max_*_sectors`.
-    #[error("segment of {sectors} sectors exceeds the limit of {max}")]
-    SegmentTooLarge {
-        /// Sectors asked for.
-        sectors: u32,
-        /// The limit.
-        max: u32,
-    },
-    /// Guest memory could not be read or written (it was checked, so this
-    /// means the guest changed a buffer under the device's feet).
-    #[error("guest memory access at {0:#x} failed")]
-    GuestMemory(u64),
-    /// The disk refused the operation or the host I/O failed.
-    #[error("{0}")]
-    Io(block::BlockError),
-}
-
-impl RequestError {
-    /// The virtio status byte for this error (§5.2.6: UNSUPP for what the
-    /// device does not support, IOERR for everything else).
-    pub fn status(&self) -> u8 {
-        match self {
-            RequestError::Unsupported(_) | RequestError::UnsupportedFlags(_) => {
-                VIRTIO_BLK_S_UNSUPP as u8
-            }
-            _ => VIRTIO_BLK_S_IOERR as u8,
-        }
-    }
 }
 
 /// Why [`Request::parse`] gave no request.
@@ -393,6 +269,131 @@ impl Request {
     }
 }
 
+/// What became of a request handed to [`Request::submit`].
+#[derive(Debug)]
+pub enum Submitted {
+    /// On the disk under the given tag: finish it when that completion
+    /// comes back.
+    InFlight(InFlight),
+    /// Answered without the disk: GET_ID, an empty transfer, or an
+    /// operation the disk refused (`failed`).
+    Answered {
+        /// The used-ring entry.
+        finished: Finished,
+        /// It was answered IOERR.
+        failed: bool,
+    },
+}
+
+impl Request {
+    /// Turns the request into a block operation and submits it to `disk`
+    /// tagged `tag` (GET_ID is answered here, from `id`). The status byte
+    /// is written now if the request does not reach the disk, else by
+    /// [`InFlight::finish`] once its completion is back.
+    ///
+    /// # Safety
+    /// `mem` must be the guest memory the request was parsed against, and
+    /// its mappings must stay alive until `disk` has returned the
+    /// completion tagged `tag` (`Disk::submit`'s contract).
+    pub unsafe fn submit(
+        self,
+        mem: &GuestMemoryMmap,
+        id: &[u8; ID_BYTES],
+        disk: &mut Disk,
+        tag: u64,
+    ) -> Submitted {
+        let (kind, in_flight) = self.begin();
+        let answered = |in_flight: InFlight, result: Result<(), RequestError>| {
+            let finished = in_flight.finish(mem, result.as_ref().map(|_| ()));
+            Submitted::Answered {
+                finished,
+                failed: result.is_err(),
+            }
+        };
+        let op = match to_op(kind, mem, id) {
+            Ok(Some(op)) => op,
+            Ok(None) => return answered(in_flight, Ok(())),
+            Err(e) => return answered(in_flight, Err(e)),
+        };
+        // SAFETY: every segment of `op` was made by `to_op` from ranges
+        // `parse` proved to lie inside `mem`, so each points into mapped
+        // guest RAM (readable and writable), valid for its length; the
+        // caller keeps the mappings alive until the completion. The device
+        // does not touch these buffers meanwhile; the guest may, as with
+        // DMA on real hardware, but guest memory is only ever accessed
+        // through raw pointers and volatile copies, never Rust references.
+        match unsafe { disk.submit(op, tag) } {
+            Ok(()) => Submitted::InFlight(in_flight),
+            // The disk refused it: it comes back with the error and is
+            // answered once.
+            Err(e) => answered(in_flight, Err(RequestError::Io(e))),
+        }
+    }
+}
+
+/// Turns a parsed request into a disk operation, or answers it in guest
+/// memory (Ok(None)) when the disk is not needed.
+fn to_op(
+    kind: RequestKind,
+    mem: &GuestMemoryMmap,
+    id: &[u8; ID_BYTES],
+) -> Result<Option<Op>, RequestError> {
+    let bytes = |sector: u64| sector * SECTOR_SIZE;
+    Ok(Some(match kind {
+        RequestKind::Read { sector, data } => match segments(mem, &data)? {
+            s if s.is_empty() => return Ok(None),
+            segments => Op::Read {
+                offset: bytes(sector),
+                segments,
+            },
+        },
+        RequestKind::Write { sector, data } => match segments(mem, &data)? {
+            s if s.is_empty() => return Ok(None),
+            segments => Op::Write {
+                offset: bytes(sector),
+                segments,
+            },
+        },
+        RequestKind::Flush => Op::Flush,
+        RequestKind::GetId { data } => {
+            write_id(mem, &data, id)?;
+            return Ok(None);
+        }
+        RequestKind::Discard { sector, sectors } => Op::Discard {
+            offset: bytes(sector),
+            len: bytes(u64::from(sectors)),
+        },
+        RequestKind::WriteZeroes {
+            sector,
+            sectors,
+            may_unmap,
+        } => Op::WriteZeroes {
+            offset: bytes(sector),
+            len: bytes(u64::from(sectors)),
+            may_unmap,
+        },
+    }))
+}
+
+/// Host segments for guest ranges (a range crossing a region boundary
+/// becomes several segments).
+fn segments(mem: &GuestMemoryMmap, data: &[GuestRange]) -> Result<Vec<Segment>, RequestError> {
+    let mut out = Vec::with_capacity(data.len());
+    for r in data.iter().filter(|r| r.len > 0) {
+        for slice in GuestMemoryBackend::get_slices(mem, r.addr, r.len as usize) {
+            let slice = slice.map_err(|_| RequestError::GuestMemory(r.addr.0))?;
+            // For the plain mmap backend the guard is just the pointer; the
+            // mapping is kept alive by `mem` (see `Request::submit`).
+            let guard = slice.ptr_guard_mut();
+            out.push(Segment {
+                addr: guard.as_ptr(),
+                len: guard.len(),
+            });
+        }
+    }
+    Ok(out)
+}
+
 /// The checks that decide whether the chain can be answered at all;
 /// returns the address of its status byte.
 fn check_chain(descs: &[Descriptor], mem: &GuestMemoryMmap) -> Result<GuestAddress, ChainError> {
@@ -545,23 +546,7 @@ fn parse_streams(
             data: only(streams.writable_data(), streams.readable_data(), true)?,
         }),
         VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
-            let write_zeroes = request_type == VIRTIO_BLK_T_WRITE_ZEROES;
-            // §5.2.6.2 (RO): a read-only device writes nothing; DESIGN.md
-            // answers IOERR whether or not the command is offered.
-            if limits.read_only {
-                return Err(RequestError::ReadOnly);
-            }
-            let offered = if write_zeroes {
-                limits.write_zeroes
-            } else {
-                limits.discard
-            };
-            if !offered {
-                return Err(RequestError::Unsupported(request_type));
-            }
-            // §5.2.6: the segments are device-readable.
-            let data = only(streams.readable_data(), streams.writable_data(), false)?;
-            parse_zeroing(&data, mem, limits, write_zeroes)
+            parse_zeroing(request_type, streams, mem, limits)
         }
         // §5.2.6.2: anything else (SCSI, zoned, secure erase, and discard or
         // write-zeroes when not offered) is answered with UNSUPP.
@@ -617,22 +602,28 @@ fn check_range(sector: u64, sectors: u64, limits: &DiskLimits) -> Result<(), Req
 /// Discard and write-zeroes: segments of `{le64 sector, le32 num_sectors,
 /// le32 flags}` in device-readable data.
 fn parse_zeroing(
-    data: &[GuestRange],
+    request_type: u32,
+    streams: &Streams,
     mem: &GuestMemoryMmap,
     limits: &DiskLimits,
-    write_zeroes: bool,
 ) -> Result<RequestKind, RequestError> {
-    let len = total_len(data);
-    // §5.2.6.1: the data is a multiple of the segment size, with at most
-    // max_*_seg segments. ferrite offers one segment, so exactly 16 bytes.
-    let max = limits.max_zeroing_segments;
-    if len == 0
-        || !len.is_multiple_of(u64::from(SEGMENT_LEN))
-        || len / u64::from(SEGMENT_LEN) > u64::from(max)
-    {
-        return Err(RequestError::SegmentCount { len, max });
+    let write_zeroes = request_type == VIRTIO_BLK_T_WRITE_ZEROES;
+    // §5.2.6.2 (RO): a read-only device writes nothing; DESIGN.md answers
+    // IOERR whether or not the command is offered.
+    if limits.read_only {
+        return Err(RequestError::ReadOnly);
     }
-    let raw = gather(mem, data, SEGMENT_LEN as usize)?;
+    let offered = if write_zeroes {
+        limits.write_zeroes
+    } else {
+        limits.discard
+    };
+    if !offered {
+        return Err(RequestError::Unsupported(request_type));
+    }
+    // §5.2.6: the segments are device-readable.
+    let data = &only(streams.readable_data(), streams.writable_data(), false)?;
+    let raw = first_segment(data, mem, limits)?;
     let sector = u64::from_le_bytes([
         raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7],
     ]);
@@ -664,6 +655,25 @@ fn parse_zeroing(
     } else {
         RequestKind::Discard { sector, sectors }
     })
+}
+
+/// The bytes of the first discard/write-zeroes segment. §5.2.6.1: the data
+/// is a multiple of the segment size, with at most max_*_seg segments
+/// (ferrite offers one, so exactly 16 bytes).
+fn first_segment(
+    data: &[GuestRange],
+    mem: &GuestMemoryMmap,
+    limits: &DiskLimits,
+) -> Result<Vec<u8>, RequestError> {
+    let len = total_len(data);
+    let max = limits.max_zeroing_segments;
+    if len == 0
+        || !len.is_multiple_of(u64::from(SEGMENT_LEN))
+        || len / u64::from(SEGMENT_LEN) > u64::from(max)
+    {
+        return Err(RequestError::SegmentCount { len, max });
+    }
+    gather(mem, data, SEGMENT_LEN as usize)
 }
 
 /// Reads the first `len` bytes spread over `ranges`.
