@@ -9,12 +9,11 @@ use std::path::PathBuf;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::bounce::{self, AlignedBuf};
 use crate::engine::{Engine, EngineKind, HostOp, Pushed, RawCompletion};
-use crate::lifecycle::{host_op, step, Step};
+use crate::inflight::{self, host_op, AlignedBuf, InFlight, IoVecs, Kind, Stage, Window};
+use crate::lifecycle::{step, Step};
 use crate::lock::ImageLock;
 use crate::open::Geometry;
-use crate::request::{InFlight, Kind, Stage, Window};
 use crate::{BlockError, CacheMode, Completion, DiskStats, Op};
 
 /// Operations in flight at most, per disk.
@@ -294,7 +293,7 @@ impl Disk {
         } else {
             mem
         };
-        bounce::needs_bounce(segments, mem)
+        inflight::needs_bounce(segments, mem)
             || segments.iter().any(|s| !s.len.is_multiple_of(len_align))
     }
 
@@ -340,7 +339,7 @@ impl Disk {
         if let Some(b) = r.bounce.as_mut() {
             if r.kind == Kind::Write && r.stage == Stage::Transfer {
                 // SAFETY: submit's contract: the segments are readable.
-                unsafe { bounce::gather(&r.segments, b, 0) };
+                unsafe { inflight::gather(&r.segments, b, 0) };
             }
         }
         let Some(slot) = self.free.pop() else {
@@ -483,10 +482,7 @@ impl Disk {
     fn fail_all(&mut self, e: io::Error) {
         for slot in 0..self.slots.len() {
             if let Some(mut r) = self.take(slot) {
-                std::mem::forget(std::mem::replace(
-                    &mut r.iov,
-                    crate::request::IoVecs(Box::new([])),
-                ));
+                std::mem::forget(std::mem::replace(&mut r.iov, IoVecs(Box::new([]))));
                 std::mem::forget(r.bounce.take());
                 let err = io::Error::new(e.kind(), e.to_string());
                 self.finish(r, Err(BlockError::Io(err)));

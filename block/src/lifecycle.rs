@@ -6,9 +6,8 @@
 
 use std::io;
 
-use crate::bounce::{self, AlignedBuf};
 use crate::engine::HostOp;
-use crate::request::{InFlight, Kind, Stage};
+use crate::inflight::{self as bounce, host_op, AlignedBuf, InFlight, Kind, Stage};
 use crate::BlockError;
 
 /// Largest zero buffer a write-zeroes fallback allocates.
@@ -170,27 +169,6 @@ fn zero_chunk(r: &mut InFlight) -> HostOp {
         count,
         offset: r.offset + r.done,
         dsync: r.rwf_dsync,
-    }
-}
-
-/// The host operation for the current stage of `r`.
-pub(crate) fn host_op(r: &InFlight) -> HostOp {
-    let (iov, count) = r.pending_iovecs();
-    let offset = r.offset + r.done;
-    match (r.stage, r.kind) {
-        (Stage::Transfer, Kind::Read) | (Stage::RmwRead, _) => HostOp::Readv { iov, count, offset },
-        (Stage::Transfer, _) | (Stage::ZeroFill, _) => HostOp::Writev {
-            iov,
-            count,
-            offset,
-            dsync: r.rwf_dsync,
-        },
-        (Stage::Flush { .. }, _) | (Stage::SyncAfter { .. }, _) => HostOp::Fdatasync,
-        (Stage::Fallocate { mode }, _) => HostOp::Fallocate {
-            offset: r.offset,
-            len: r.len,
-            mode,
-        },
     }
 }
 

@@ -308,6 +308,10 @@ fn write_zeroes_fallback(engine: EngineKind) {
 /// from the device, O_DIRECT requests bounced, 512-aligned reads and writes
 /// widened to whole blocks in every mode, misaligned discards refused.
 fn block_device_4k_sectors(engine: EngineKind) {
+    // `losetup --find --show` run by two threads at once can hand both the
+    // same free device: one engine's test at a time.
+    static LOOP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = LOOP.lock().unwrap_or_else(|p| p.into_inner());
     let dir = scratch();
     let backing = image(dir.path(), 8 << 20);
     let out = Command::new("losetup")
