@@ -8,11 +8,12 @@
 //! any byte of memory (descriptor table and rings included).
 
 use arbitrary::Arbitrary;
+use devices::virtio::split_ring::{self, Desc};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
     VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
 };
-use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use vm_memory::GuestAddress;
 
 use crate::layout::{Alloc, Flat, AVAIL, DESC, MAX_ALLOC, MEM_END, USED};
 use crate::rig::SECTORS;
@@ -242,18 +243,10 @@ pub struct Rings {
     pub used: Addr,
 }
 
-/// Where the queue is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QueueGeom {
-    /// Queue size.
-    pub size: u16,
-    /// Descriptor table.
-    pub desc: u64,
-    /// Available ring.
-    pub avail: u64,
-    /// Used ring.
-    pub used: u64,
-}
+/// Where the queue is: the driver-side ring of `devices`, which writes
+/// the descriptors and chains here as it does for the device tests and the
+/// bench driver.
+pub use devices::virtio::split_ring::SplitRing as QueueGeom;
 
 /// A whole queue's worth of driver activity.
 #[derive(Arbitrary, Clone, Debug)]
@@ -299,13 +292,13 @@ impl Builder<'_> {
     }
 
     fn write_desc(&mut self, table: u64, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let mut raw = [0u8; 16];
-        raw[..8].copy_from_slice(&addr.to_le_bytes());
-        raw[8..12].copy_from_slice(&len.to_le_bytes());
-        raw[12..14].copy_from_slice(&flags.to_le_bytes());
-        raw[14..].copy_from_slice(&next.to_le_bytes());
-        self.flat
-            .write(table.wrapping_add(16 * u64::from(index)), &raw);
+        let d = Desc {
+            addr,
+            len,
+            flags,
+            next,
+        };
+        split_ring::write_desc(self.flat, table, index, d);
     }
 
     fn take_index(&mut self) -> u16 {
@@ -350,41 +343,25 @@ impl Builder<'_> {
             }
         }
 
-        let flags = |i: usize, writable: bool| {
-            let mut f = if writable {
-                VRING_DESC_F_WRITE as u16
-            } else {
-                0
-            };
-            if i + 1 < bufs.len() {
-                f |= VRING_DESC_F_NEXT as u16;
-            }
-            f
-        };
+        let bufs: Vec<split_ring::Buf> = bufs
+            .iter()
+            .map(|&(addr, len, writable)| split_ring::Buf {
+                addr: GuestAddress(addr),
+                len,
+                writable,
+            })
+            .collect();
         let head = if c.indirect {
             let table = self.alloc.take(16 * bufs.len() as u64, 16);
-            for (i, &(addr, len, w)) in bufs.iter().enumerate() {
-                self.write_desc(table, i as u16, addr, len, flags(i, w), i as u16 + 1);
-            }
+            let indices: Vec<u16> = (0..bufs.len() as u16).collect();
+            split_ring::write_chain(self.flat, table, &indices, &bufs);
             let head = self.take_index();
-            let desc = self.geom.desc;
-            let table_len = 16 * bufs.len() as u32;
-            self.write_desc(
-                desc,
-                head,
-                table,
-                table_len,
-                VRING_DESC_F_INDIRECT as u16,
-                0,
-            );
+            let d = split_ring::indirect_desc(table, bufs.len());
+            split_ring::write_desc(self.flat, self.geom.desc, head, d);
             head
         } else {
             let indices: Vec<u16> = bufs.iter().map(|_| self.take_index()).collect();
-            let desc = self.geom.desc;
-            for (i, &(addr, len, w)) in bufs.iter().enumerate() {
-                let next = indices.get(i + 1).copied().unwrap_or(0);
-                self.write_desc(desc, indices[i], addr, len, flags(i, w), next);
-            }
+            split_ring::write_chain(self.flat, self.geom.desc, &indices, &bufs);
             indices[0]
         };
         self.heads.push(head);

@@ -472,10 +472,7 @@ pub fn blk_seeds() -> Vec<(&'static str, BlkCase)> {
         // header 16 + data+status 513), a header split 8 + 8, and an
         // indirect table; then the same on disks with a 4096-byte block,
         // where they are widened and read-modify-written.
-        (
-            "qemu_layouts",
-            blk(0, all, qemu_layouts()),
-        ),
+        ("qemu_layouts", blk(0, all, qemu_layouts())),
         ("sub_block_sync", blk(7, all, qemu_layouts())),
         ("sub_block_io_uring", blk(8, all, qemu_layouts())),
         (
