@@ -9,6 +9,7 @@ mod common;
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use block::{BlockError, CacheMode, Disk, EngineKind, Op};
 use common::*;
@@ -379,7 +380,7 @@ fn block_device_4k_sectors(engine: EngineKind) {
     // §5.2.5: 512-byte units on a 4Kn device, in every mode: a sector
     // inside a block and a range across a block boundary.
     for mode in CacheMode::ALL {
-        let mut d = open(dev, mode, engine);
+        let mut d = reopen(dev, mode, engine);
         let base = 65536 * (mode as u64 + 1);
         for (off, len, seed) in [(base + 512, 512, 1u8), (base + 7680, 1024, 2)] {
             let data = pattern(len, seed + mode as u8);
@@ -391,6 +392,21 @@ fn block_device_4k_sectors(engine: EngineKind) {
         assert_eq!(d.stats().read_modify_writes, 2, "{mode}");
         op(&mut d, Op::Flush).result.expect("flush");
     }
+}
+
+/// Opens `path` right after a `Disk` on it was dropped. Its lock can
+/// outlive the drop by a moment: another test's thread that spawns a
+/// process (losetup, mount) holds a copy of every descriptor until the
+/// child's exec closes it, and an OFD lock lasts as long as any copy.
+fn reopen(path: &Path, mode: CacheMode, engine: EngineKind) -> Disk {
+    let cfg = config(path, mode, engine, false);
+    for _ in 0..200 {
+        match Disk::open(&cfg) {
+            Err(BlockError::Locked { .. }) => std::thread::sleep(Duration::from_millis(10)),
+            other => return other.expect("open disk"),
+        }
+    }
+    panic!("{}: still locked after 2 s", path.display());
 }
 
 per_engine!(
