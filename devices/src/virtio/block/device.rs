@@ -18,11 +18,11 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use vmm_sys_util::eventfd::EventFd;
 
 pub use super::error::{BlockDeviceError, StartHookError, ThreadStart};
+use super::handle::BlockHandle;
 use super::io_thread::{Control, Worker};
 use super::metrics::{BlockReport, Identity};
 use super::poll::DEFAULT_POLL_MAX;
 use super::request::{id_bytes, DiskLimits, SECTOR_SIZE};
-use super::BlockHandle;
 use crate::virtio::mmio::MmioTransport;
 use crate::virtio::{ActivateContext, ActivateError, VirtioDevice};
 
