@@ -424,6 +424,10 @@ impl Disk {
                 if let Some(r) = self.take(slot) {
                     self.finish(r, Err(BlockError::Io(e)));
                 }
+                // A request held behind this one must not wait forever.
+                if !self.held.is_empty() {
+                    self.release_held();
+                }
             }
         }
     }
