@@ -5,21 +5,22 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::bounce::{self, AlignedBuf};
-use crate::engine::{self, Engine, EngineKind, HostOp, RawCompletion};
-use crate::lifecycle::{host_op, step, Step};
+use crate::engine::{Engine, EngineKind, HostOp, Pushed, RawCompletion};
+use crate::inflight::{self, host_op, AlignedBuf, InFlight, IoVecs, Kind, Stage, Window};
+use crate::lifecycle::{step, Step};
 use crate::lock::ImageLock;
-use crate::open::{self, FileKind, Geometry};
-use crate::request::{InFlight, Kind, Stage};
+use crate::open::Geometry;
 use crate::{BlockError, CacheMode, Completion, DiskStats, Op};
 
 /// Operations in flight at most, per disk.
 pub const QUEUE_DEPTH: usize = 128;
+
+/// virtio's unit: reads and writes are multiples of it on every host.
+const SECTOR: u64 = 512;
 
 /// How to open a disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +73,13 @@ pub struct Disk {
     active: usize,
     ready: VecDeque<Completion>,
     raw: Vec<RawCompletion>,
+    /// Read-modify-writes in slots (held or running).
+    rmw_in_flight: usize,
+    /// Slots whose request waits for an overlapping one, oldest first.
+    held: VecDeque<usize>,
+    /// `release_held` is running (it can be re-entered through an inline
+    /// write's completion).
+    releasing: bool,
     eventfd: EventFd,
     /// This side wrote `eventfd` since the last `drain_completions` read
     /// it: one signal is enough until then, and a polling caller that
@@ -82,184 +90,6 @@ pub struct Disk {
 }
 
 impl Disk {
-    /// Opens (and locks: exclusive if writable, shared if read-only) the image.
-    pub fn open(cfg: &DiskConfig) -> Result<Disk, BlockError> {
-        Disk::open_inner(cfg, 1)
-    }
-
-    /// Like `open`, but treats buffers as misaligned unless their address and
-    /// length are multiples of `mem_alignment` (a power of two), whatever the
-    /// host needs. For tests and diagnostics: it makes the bounce path run on
-    /// any file system and cache mode.
-    pub fn open_with_mem_alignment(
-        cfg: &DiskConfig,
-        mem_alignment: usize,
-    ) -> Result<Disk, BlockError> {
-        Disk::open_inner(cfg, mem_alignment)
-    }
-
-    fn open_inner(cfg: &DiskConfig, min_align: usize) -> Result<Disk, BlockError> {
-        let path = cfg.path.clone();
-        let lock = ImageLock::acquire(&path, !cfg.read_only)?;
-        let wce = cfg.cache.default_write_cache();
-        let fd_dsync = dsync_fd(cfg.cache, wce);
-        let file = open::open_data(&path, open::data_flags(cfg.cache, cfg.read_only, fd_dsync))?;
-        let mut geometry = open::discover(&file, &path, cfg.cache.direct())?;
-        geometry.mem_alignment = geometry
-            .mem_alignment
-            .max(min_align.max(1).next_power_of_two());
-        let supports_discard =
-            !cfg.read_only && open::probe_punch_hole(&file, geometry.kind, geometry.capacity);
-        let eventfd =
-            EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(BlockError::Io)?;
-        let engine = engine::create(cfg.engine, file.as_raw_fd(), &eventfd, QUEUE_DEPTH)?;
-        Ok(Disk {
-            path,
-            cache: cfg.cache,
-            read_only: cfg.read_only,
-            geometry,
-            supports_discard,
-            wce,
-            fd_dsync,
-            sync_failed: false,
-            write_gen: 0,
-            synced_gen: 0,
-            stats: DiskStats::default(),
-            engine,
-            slots: (0..QUEUE_DEPTH).map(|_| None).collect(),
-            free: (0..QUEUE_DEPTH).rev().collect(),
-            active: 0,
-            ready: VecDeque::new(),
-            raw: Vec::with_capacity(QUEUE_DEPTH),
-            eventfd,
-            signalled: false,
-            file,
-            _lock: lock,
-        })
-    }
-
-    /// The image path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Capacity in bytes, rounded down to 512.
-    pub fn capacity(&self) -> u64 {
-        self.geometry.capacity
-    }
-
-    /// Block size to tell the guest (BLK_SIZE); offsets and lengths must be
-    /// multiples of it.
-    pub fn logical_block_size(&self) -> u32 {
-        self.geometry.logical_block_size
-    }
-
-    /// Buffer alignment below which requests are bounced (1: none needed).
-    pub fn mem_alignment(&self) -> usize {
-        self.geometry.mem_alignment
-    }
-
-    /// True for a block device, false for a regular file.
-    pub fn is_block_device(&self) -> bool {
-        self.geometry.kind == FileKind::BlockDevice
-    }
-
-    /// Opened read-only.
-    pub fn read_only(&self) -> bool {
-        self.read_only
-    }
-
-    /// The cache mode.
-    pub fn cache_mode(&self) -> CacheMode {
-        self.cache
-    }
-
-    /// The engine running this disk's I/O.
-    pub fn engine_kind(&self) -> EngineKind {
-        self.engine.kind()
-    }
-
-    /// Discard can deallocate (the host punches holes).
-    pub fn supports_discard(&self) -> bool {
-        self.supports_discard
-    }
-
-    /// Write-zeroes works (falling back to writing zeros when needed).
-    pub fn supports_write_zeroes(&self) -> bool {
-        !self.read_only
-    }
-
-    /// Current guest-visible write cache (WCE).
-    pub fn write_cache(&self) -> bool {
-        self.wce
-    }
-
-    /// The open(2) flags the data descriptor has now (O_DIRECT, O_DSYNC...).
-    pub fn data_open_flags(&self) -> i32 {
-        open::data_flags(self.cache, self.read_only, self.fd_dsync)
-    }
-
-    /// The data descriptor (it changes when a write-cache switch reopens
-    /// the image). For diagnostics and tests only: do no I/O on it.
-    pub fn data_fd(&self) -> RawFd {
-        self.file.as_raw_fd()
-    }
-
-    /// Eventfd that becomes readable when completions are ready (epoll it).
-    pub fn completion_fd(&self) -> RawFd {
-        self.eventfd.as_raw_fd()
-    }
-
-    /// Max operations in flight at once; submit beyond it returns QueueFull.
-    pub fn queue_depth(&self) -> usize {
-        QUEUE_DEPTH
-    }
-
-    /// Operations submitted whose completion has not been returned yet.
-    pub fn in_flight(&self) -> usize {
-        self.active + self.ready.len()
-    }
-
-    /// Counters since open.
-    pub fn stats(&self) -> DiskStats {
-        self.stats
-    }
-
-    /// Switches the guest-visible write cache as DESIGN.md says. Drains
-    /// in-flight I/O first; completions produced while draining are kept for
-    /// `drain_completions` (and the eventfd is signalled).
-    ///
-    /// - writeback/none, 1→0: fdatasync once; later writes use RWF_DSYNC.
-    /// - writethrough/directsync: reopen the data descriptor without O_DSYNC
-    ///   (1) or with it (0, after an fdatasync of what the cache held).
-    /// - unsafe, read-only: only the flag changes (nothing is promised / written).
-    pub fn set_write_cache(&mut self, enabled: bool) -> Result<(), BlockError> {
-        if enabled == self.wce {
-            return Ok(());
-        }
-        if self.read_only || self.cache == CacheMode::Unsafe {
-            self.wce = enabled;
-            return Ok(());
-        }
-        self.quiesce();
-        let want_dsync = dsync_fd(self.cache, enabled);
-        if want_dsync != self.fd_dsync {
-            let flags = open::data_flags(self.cache, self.read_only, want_dsync);
-            let file = open::open_data(&self.path, flags)?;
-            self.engine
-                .set_fd(file.as_raw_fd())
-                .map_err(BlockError::Io)?;
-            self.file = file;
-            self.fd_dsync = want_dsync;
-        }
-        self.wce = enabled;
-        if !enabled {
-            // What the cache held must be durable before writes are promised to be.
-            self.sync_now()?;
-        }
-        Ok(())
-    }
-
     /// Queues one operation. Errors of the operation itself come back as a
     /// Completion; Err here means nothing was queued: QueueFull (retry after
     /// a completion) or a request the disk refuses (ReadOnly, OutOfRange,
@@ -339,7 +169,6 @@ impl Disk {
 
     /// Validates `op` and turns it into an in-flight request.
     fn prepare(&mut self, op: Op, user_data: u64) -> Result<Prepared, BlockError> {
-        let lbs = u64::from(self.geometry.logical_block_size);
         let (kind, offset, len) = match &op {
             Op::Read { offset, segments } => (Kind::Read, *offset, seg_total(segments)),
             Op::Write { offset, segments } => (Kind::Write, *offset, seg_total(segments)),
@@ -347,32 +176,7 @@ impl Disk {
             Op::Discard { offset, len } => (Kind::Discard, *offset, *len),
             Op::WriteZeroes { offset, len, .. } => (Kind::WriteZeroes, *offset, *len),
         };
-        if self.read_only && matches!(kind, Kind::Write | Kind::Discard | Kind::WriteZeroes) {
-            return Err(BlockError::ReadOnly);
-        }
-        if !offset.is_multiple_of(lbs) || !len.is_multiple_of(lbs) {
-            return Err(BlockError::Misaligned {
-                offset,
-                len,
-                align: lbs,
-            });
-        }
-        if offset
-            .checked_add(len)
-            .is_none_or(|end| end > self.capacity())
-        {
-            return Err(BlockError::OutOfRange {
-                offset,
-                len,
-                capacity: self.capacity(),
-            });
-        }
-        if matches!(kind, Kind::Read | Kind::Write) && len > u64::from(u32::MAX) {
-            return Err(BlockError::TooLarge {
-                len,
-                max: u64::from(u32::MAX),
-            });
-        }
+        self.check(kind, offset, len)?;
         let done = |result| Ok(Prepared::Done(kind, Completion { user_data, result }));
         match op {
             Op::Read { segments, .. } | Op::Write { segments, .. } => {
@@ -381,30 +185,7 @@ impl Disk {
                 }
                 let mut r = InFlight::new(user_data, kind, Stage::Transfer, offset, len);
                 r.segments = segments;
-                if kind == Kind::Write {
-                    r.fd_dsync = self.fd_dsync;
-                    r.rwf_dsync = self.durable_writes() && !self.fd_dsync;
-                }
-                let len_align = if self.cache.direct() {
-                    self.geometry.mem_alignment.max(lbs as usize)
-                } else {
-                    self.geometry.mem_alignment
-                };
-                if bounce::needs_bounce(&r.segments, self.geometry.mem_alignment)
-                    || r.segments.iter().any(|s| !s.len.is_multiple_of(len_align))
-                {
-                    let buf =
-                        AlignedBuf::zeroed(len as usize, self.geometry.mem_alignment.max(512))
-                            .ok_or_else(|| {
-                                BlockError::Io(io::Error::from(io::ErrorKind::OutOfMemory))
-                            })?;
-                    r.bounce = Some(buf);
-                    r.bounce_iovec(len as usize);
-                    self.stats.bounced += 1;
-                } else {
-                    r.direct_iovecs();
-                }
-                Ok(Prepared::Queue(r))
+                self.plan_transfer(r).map(Prepared::Queue)
             }
             Op::Flush => {
                 if self.cache == CacheMode::Unsafe || self.read_only {
@@ -416,28 +197,17 @@ impl Disk {
                 if !self.wce && self.write_gen == self.synced_gen {
                     return done(Ok(0)); // writes are durable and nothing changed since
                 }
-                Ok(Prepared::Queue(InFlight::new(
-                    user_data,
-                    kind,
-                    Stage::Flush {
-                        gen: self.write_gen,
-                    },
-                    0,
-                    0,
-                )))
+                let gen = self.write_gen;
+                let r = InFlight::new(user_data, kind, Stage::Flush { gen }, 0, 0);
+                Ok(Prepared::Queue(r))
             }
             Op::Discard { .. } => {
                 if len == 0 || !self.supports_discard {
                     return done(Ok(0)); // discard is a hint; nothing to deallocate
                 }
                 let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-                Ok(Prepared::Queue(InFlight::new(
-                    user_data,
-                    kind,
-                    Stage::Fallocate { mode },
-                    offset,
-                    len,
-                )))
+                let r = InFlight::new(user_data, kind, Stage::Fallocate { mode }, offset, len);
+                Ok(Prepared::Queue(r))
             }
             Op::WriteZeroes { may_unmap, .. } => {
                 if len == 0 {
@@ -457,6 +227,104 @@ impl Disk {
         }
     }
 
+    /// The checks every operation passes before it is queued. Reads and
+    /// writes need 512-byte units only (virtio's, on every host, §5.2.5);
+    /// discard and write-zeroes whole host blocks.
+    fn check(&self, kind: Kind, offset: u64, len: u64) -> Result<(), BlockError> {
+        if self.read_only && matches!(kind, Kind::Write | Kind::Discard | Kind::WriteZeroes) {
+            return Err(BlockError::ReadOnly);
+        }
+        let align = match kind {
+            Kind::Read | Kind::Write => SECTOR,
+            _ => u64::from(self.geometry.logical_block_size),
+        };
+        if !offset.is_multiple_of(align) || !len.is_multiple_of(align) {
+            return Err(BlockError::Misaligned { offset, len, align });
+        }
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > self.capacity())
+        {
+            return Err(BlockError::OutOfRange {
+                offset,
+                len,
+                capacity: self.capacity(),
+            });
+        }
+        if matches!(kind, Kind::Read | Kind::Write) && len > u64::from(u32::MAX) {
+            return Err(BlockError::TooLarge {
+                len,
+                max: u64::from(u32::MAX),
+            });
+        }
+        Ok(())
+    }
+
+    /// Decides how a read or write reaches the file: straight from the
+    /// caller's memory, through an aligned bounce buffer, or widened to
+    /// whole host blocks (read-modify-write for a write).
+    fn plan_transfer(&mut self, mut r: InFlight) -> Result<InFlight, BlockError> {
+        let lbs = u64::from(self.geometry.logical_block_size);
+        if r.kind == Kind::Write {
+            r.fd_dsync = self.fd_dsync;
+            r.rwf_dsync = self.durable_writes() && !self.fd_dsync;
+        }
+        if !r.offset.is_multiple_of(lbs) || !r.len.is_multiple_of(lbs) {
+            self.widen(&mut r, lbs)?;
+        } else if self.needs_bounce(&r.segments) {
+            self.stats.bounced += 1;
+        } else {
+            r.direct_iovecs();
+            return Ok(r);
+        }
+        let align = self.geometry.mem_alignment.max(512);
+        let buf = AlignedBuf::zeroed(r.len as usize, align)
+            .ok_or_else(|| BlockError::Io(io::Error::from(io::ErrorKind::OutOfMemory)))?;
+        r.bounce = Some(buf);
+        r.bounce_iovec(r.len as usize);
+        Ok(r)
+    }
+
+    /// Whether the caller's segments cannot go to the kernel as they are.
+    fn needs_bounce(&self, segments: &[crate::Segment]) -> bool {
+        let mem = self.geometry.mem_alignment;
+        let len_align = if self.cache.direct() {
+            mem.max(self.geometry.logical_block_size as usize)
+        } else {
+            mem
+        };
+        inflight::needs_bounce(segments, mem)
+            || segments.iter().any(|s| !s.len.is_multiple_of(len_align))
+    }
+
+    /// Widens `r` to the host blocks it touches (§5.2.5: the protocol's
+    /// unit is 512 bytes whatever the host's block). A write first reads
+    /// those blocks (`Stage::RmwRead`). The image's last, partial host
+    /// block cannot be widened into without growing the file: refused.
+    fn widen(&mut self, r: &mut InFlight, lbs: u64) -> Result<(), BlockError> {
+        let start = r.offset - r.offset % lbs;
+        let end = (r.offset + r.len).next_multiple_of(lbs);
+        if end > self.capacity() {
+            return Err(BlockError::Misaligned {
+                offset: r.offset,
+                len: r.len,
+                align: lbs,
+            });
+        }
+        r.window = Some(Window {
+            skip: (r.offset - start) as usize,
+            len: r.len as usize,
+        });
+        (r.offset, r.len) = (start, end - start);
+        if r.kind == Kind::Write {
+            r.stage = Stage::RmwRead;
+            self.stats.read_modify_writes += 1;
+        } else {
+            self.stats.widened_reads += 1;
+        }
+        Ok(())
+    }
+
     /// Guest writes must be durable at completion (write cache off), which
     /// `unsafe` never promises.
     fn durable_writes(&self) -> bool {
@@ -469,9 +337,9 @@ impl Disk {
     /// `r`'s caller segments are valid as `submit` requires.
     unsafe fn start(&mut self, mut r: InFlight) {
         if let Some(b) = r.bounce.as_mut() {
-            if r.kind == Kind::Write {
+            if r.kind == Kind::Write && r.stage == Stage::Transfer {
                 // SAFETY: submit's contract: the segments are readable.
-                unsafe { bounce::gather(&r.segments, b) };
+                unsafe { inflight::gather(&r.segments, b, 0) };
             }
         }
         let Some(slot) = self.free.pop() else {
@@ -480,50 +348,86 @@ impl Disk {
             return;
         };
         self.active += 1;
-        let op = host_op(&r);
-        self.slots[slot] = Some(r);
-        self.push(slot, op);
-    }
-
-    /// Whether `op` is a plain buffered write (page cache, no sync per
-    /// write) that the io_uring engine should not carry. Such a write only
-    /// copies into the page cache, but io_uring hands it to an io-wq worker
-    /// thread on file systems without async buffered writes (ext4 among
-    /// them): two thread switches per write, more than the copy itself.
-    /// Measured with `ferrite bench --io-path`, 4 KiB random writes in
-    /// `writeback`: 3-4x the IOPS at queue depth 1 done here on the disk's
-    /// thread, as the sync engine does.
-    fn write_inline(&self, op: &HostOp) -> bool {
-        matches!(op, HostOp::Writev { dsync: false, .. })
-            && !self.cache.direct()
-            && !self.fd_dsync
-            && self.engine.kind() == EngineKind::IoUring
-    }
-
-    /// Pushes the next host operation of the request in `slot`.
-    fn push(&mut self, slot: usize, op: HostOp) {
-        if self.write_inline(&op) {
-            // SAFETY: as below for the engine: the memory `op` names is
-            // owned by the request in `slot` or covered by submit's
-            // contract, and nobody else touches it during the call.
-            let res = unsafe { engine::run_now(self.file.as_raw_fd(), op) };
-            // A short write pushes its rest, which comes back here.
-            self.advance(RawCompletion {
-                tag: slot as u64,
-                res,
-            });
-            // Completions are collected through the eventfd, as the ring's.
-            self.signal();
-            return;
+        if r.is_rmw() {
+            self.rmw_in_flight += 1;
         }
+        // Only while a read-modify-write is in flight can two writes undo
+        // each other: the common case checks nothing.
+        r.held =
+            self.rmw_in_flight > 0 && self.slots.iter().flatten().any(|o| o.conflicts_with(&r));
+        let op = host_op(&r);
+        let held = r.held;
+        self.slots[slot] = Some(r);
+        if held {
+            self.held.push_back(slot);
+        } else {
+            self.push(slot, op);
+        }
+    }
+
+    /// Starts the held requests that no longer overlap an earlier
+    /// conflicting one, in the order they came.
+    fn release_held(&mut self) {
+        if self.releasing {
+            return; // a release further up the stack rescans
+        }
+        self.releasing = true;
+        let mut i = 0;
+        while i < self.held.len() {
+            let slot = self.held[i];
+            let blocked = match self.slots[slot].as_ref() {
+                Some(r) => self.slots.iter().enumerate().any(|(j, o)| {
+                    o.as_ref().is_some_and(|o| {
+                        j != slot
+                            && o.conflicts_with(r)
+                            && (!o.held || self.held.iter().take(i).any(|&h| h == j))
+                    })
+                }),
+                None => false,
+            };
+            if blocked {
+                i += 1;
+                continue;
+            }
+            self.held.remove(i);
+            let Some(r) = self.slots[slot].as_mut() else {
+                continue;
+            };
+            r.held = false;
+            let op = host_op(r);
+            self.push(slot, op);
+            // An inline write may have finished others meanwhile.
+            i = 0;
+        }
+        self.releasing = false;
+    }
+
+    /// Pushes the next host operation of the request in `slot`; the
+    /// engine may run it at once (a plain page-cache write on io_uring).
+    fn push(&mut self, slot: usize, op: HostOp) {
         // SAFETY: every pointer in `op` names memory owned by the request in
         // `slot` (iovecs, bounce buffer) or caller memory under submit's
         // contract; the slot is only emptied when this tag's completion is
-        // reaped, or on drop after waiting for it.
-        let pushed = unsafe { self.engine.push(op, slot as u64) };
-        if let Err(e) = pushed {
-            if let Some(r) = self.take(slot) {
-                self.finish(r, Err(BlockError::Io(e)));
+        // reaped (or `push` said it is done), or on drop after waiting.
+        match unsafe { self.engine.push(op, slot as u64) } {
+            Ok(Pushed::Queued) => {}
+            Ok(Pushed::Done(res)) => {
+                // A short write pushes its rest, which comes back here.
+                self.advance(RawCompletion {
+                    tag: slot as u64,
+                    res,
+                });
+                // Completions are collected through the eventfd, as the ring's.
+                self.signal();
+            }
+            Err(e) => {
+                if let Some(r) = self.take(slot) {
+                    self.finish(r, Err(BlockError::Io(e)));
+                }
+                // A request held behind this one must not wait forever.
+                if !self.held.is_empty() {
+                    self.release_held();
+                }
             }
         }
     }
@@ -532,6 +436,10 @@ impl Disk {
         let r = self.slots.get_mut(slot)?.take()?;
         self.free.push(slot);
         self.active -= 1;
+        if r.is_rmw() {
+            self.rmw_in_flight -= 1;
+        }
+        self.held.retain(|&h| h != slot);
         Some(r)
     }
 
@@ -578,10 +486,7 @@ impl Disk {
     fn fail_all(&mut self, e: io::Error) {
         for slot in 0..self.slots.len() {
             if let Some(mut r) = self.take(slot) {
-                std::mem::forget(std::mem::replace(
-                    &mut r.iov,
-                    crate::request::IoVecs(Box::new([])),
-                ));
+                std::mem::forget(std::mem::replace(&mut r.iov, IoVecs(Box::new([]))));
                 std::mem::forget(r.bounce.take());
                 let err = io::Error::new(e.kind(), e.to_string());
                 self.finish(r, Err(BlockError::Io(err)));
@@ -595,15 +500,9 @@ impl Disk {
         let Some(r) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
             return;
         };
-        let next = step(r, c.res);
-        let mut next_op = None;
-        match next {
-            Step::Again(op) => next_op = Some(op),
-            Step::Done(result) => {
-                if let Some(r) = self.take(slot) {
-                    self.finish(r, result);
-                }
-            }
+        let next = match step(r, c.res) {
+            Step::Again(op) => Some(op),
+            Step::Done(result) => self.end(slot, result),
             Step::Synced(gen, result) => {
                 self.stats.count_fdatasync();
                 if result.is_ok() {
@@ -611,51 +510,59 @@ impl Disk {
                 } else if !self.cache.direct() {
                     self.sync_failed = true;
                 }
-                if let Some(r) = self.take(slot) {
-                    self.finish(r, result);
-                }
+                self.end(slot, result)
             }
-            Step::Modified(then) => {
-                self.write_gen += 1;
-                match then {
-                    Ok(Some(op)) => {
-                        if let Some(Some(r)) = self.slots.get_mut(slot) {
-                            if let Stage::SyncAfter { .. } = r.stage {
-                                // The sync about to start covers every
-                                // modification completed so far, this one too.
-                                r.stage = Stage::SyncAfter {
-                                    gen: self.write_gen,
-                                };
-                            }
-                        }
-                        next_op = Some(op);
-                    }
-                    Ok(None) => {
-                        if let Some(r) = self.take(slot) {
-                            let n = if r.kind == Kind::Write {
-                                r.len as u32
-                            } else {
-                                0
-                            };
-                            self.finish(r, Ok(n));
-                        }
-                    }
-                    Err(e) => {
-                        if let Some(r) = self.take(slot) {
-                            self.finish(r, Err(e));
-                        }
-                    }
-                }
-            }
+            Step::Modified(then) => self.modified(slot, then),
             Step::NoDiscard => {
                 self.supports_discard = false;
-                if let Some(r) = self.take(slot) {
-                    self.finish(r, Ok(0));
-                }
+                self.end(slot, Ok(0))
             }
-        }
-        if let Some(op) = next_op {
+        };
+        if let Some(op) = next {
             self.push(slot, op);
+        }
+        if !self.held.is_empty() {
+            self.release_held();
+        }
+    }
+
+    /// Finishes the request in `slot`; there is no next operation.
+    fn end(&mut self, slot: usize, result: Result<u32, BlockError>) -> Option<HostOp> {
+        if let Some(r) = self.take(slot) {
+            self.finish(r, result);
+        }
+        None
+    }
+
+    /// The image changed: count the generation, then the request's next
+    /// operation, or its end.
+    fn modified(
+        &mut self,
+        slot: usize,
+        then: Result<Option<HostOp>, BlockError>,
+    ) -> Option<HostOp> {
+        self.write_gen += 1;
+        match then {
+            Ok(Some(op)) => {
+                if let Some(Some(r)) = self.slots.get_mut(slot) {
+                    if let Stage::SyncAfter { .. } = r.stage {
+                        // The sync about to start covers every
+                        // modification completed so far, this one too.
+                        r.stage = Stage::SyncAfter {
+                            gen: self.write_gen,
+                        };
+                    }
+                }
+                Some(op)
+            }
+            Ok(None) => {
+                let n = match self.slots.get(slot) {
+                    Some(Some(r)) if r.kind == Kind::Write => r.caller_len(),
+                    _ => 0,
+                };
+                self.end(slot, Ok(n))
+            }
+            Err(e) => self.end(slot, Err(e)),
         }
     }
 
@@ -689,22 +596,6 @@ impl Disk {
             result,
         });
     }
-
-    /// fdatasync now, on this thread (nothing is in flight).
-    fn sync_now(&mut self) -> Result<(), BlockError> {
-        self.stats.count_fdatasync();
-        // SAFETY: fdatasync on the data descriptor we own.
-        let rc = unsafe { libc::fdatasync(self.file.as_raw_fd()) };
-        if rc != 0 {
-            if !self.cache.direct() {
-                self.sync_failed = true;
-            }
-            self.stats.errors += 1;
-            return Err(BlockError::Io(io::Error::last_os_error()));
-        }
-        self.synced_gen = self.write_gen;
-        Ok(())
-    }
 }
 
 impl Drop for Disk {
@@ -724,6 +615,11 @@ fn seg_total(segments: &[crate::Segment]) -> u64 {
     segments.iter().map(|s| s.len as u64).sum()
 }
 
+/// Whether a write on the data descriptor only fills the page cache.
+fn page_cache(cache: CacheMode, fd_dsync: bool) -> bool {
+    !cache.direct() && !fd_dsync
+}
+
 /// Whether the data descriptor carries O_DSYNC for this mode and WCE.
 fn dsync_fd(cache: CacheMode, wce: bool) -> bool {
     !wce && matches!(cache, CacheMode::Writethrough | CacheMode::DirectSync)
@@ -739,193 +635,6 @@ fn count_kind(s: &mut DiskStats, kind: Kind) {
     }
 }
 
+mod control;
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn disk_moves_to_an_io_thread() {
-        fn send<T: Send>() {}
-        send::<Disk>();
-        send::<Op>();
-        send::<Completion>();
-    }
-
-    #[test]
-    fn o_dsync_only_where_the_mode_and_wce_ask() {
-        for mode in CacheMode::ALL {
-            let default = dsync_fd(mode, mode.default_write_cache());
-            assert_eq!(default, !mode.switches().writeback, "{mode} at reset");
-            assert!(
-                !dsync_fd(mode, true),
-                "{mode} with a write cache never needs O_DSYNC"
-            );
-        }
-        // WCE=0 in writeback/none is served by RWF_DSYNC, not a reopen.
-        assert!(!dsync_fd(CacheMode::None, false));
-        assert!(!dsync_fd(CacheMode::Unsafe, false));
-    }
-
-    #[test]
-    fn synchronous_completions_signal_once_until_the_eventfd_is_read() {
-        let f = tempfile::NamedTempFile::new_in(env!("CARGO_MANIFEST_DIR")).expect("temp");
-        f.as_file().set_len(1 << 20).expect("size");
-        let mut cfg = DiskConfig::new(f.path());
-        cfg.engine = Some(EngineKind::Sync);
-        let mut d = Disk::open(&cfg).expect("open");
-        let mut buf = vec![0x5au8; 3 * 4096];
-        let write = |d: &mut Disk, i: usize, buf: &mut [u8]| {
-            let seg = crate::Segment {
-                addr: buf[i * 4096..].as_mut_ptr(),
-                len: 4096,
-            };
-            let op = Op::Write {
-                offset: i as u64 * 4096,
-                segments: vec![seg],
-            };
-            // SAFETY: `buf` outlives the request, which the sync engine
-            // finishes inside `kick`, before the next line.
-            unsafe { d.submit(op, i as u64) }.expect("submit");
-            d.kick().expect("kick");
-        };
-        write(&mut d, 0, &mut buf);
-        write(&mut d, 1, &mut buf);
-        assert!(d.has_completions());
-        // Two completions, one signal.
-        assert_eq!(d.eventfd.read().ok(), Some(1));
-        let mut done = Vec::new();
-        d.poll_completions(&mut done);
-        assert_eq!(done.len(), 2);
-        assert!(!d.has_completions());
-        // The eventfd was read by hand, not through drain_completions: the
-        // disk still believes it signalled, so it does not signal again...
-        write(&mut d, 2, &mut buf);
-        assert!(d.eventfd.read().is_err(), "signalled twice");
-        // ...until drain_completions has read it.
-        d.drain_completions(&mut done);
-        assert_eq!(done.len(), 3);
-        write(&mut d, 0, &mut buf);
-        assert_eq!(d.eventfd.read().ok(), Some(1));
-    }
-
-    #[test]
-    fn buffered_writes_without_sync_bypass_the_ring() {
-        if !crate::io_uring_supported() {
-            eprintln!("SKIP: no io_uring here");
-            return;
-        }
-        let f = tempfile::NamedTempFile::new_in(env!("CARGO_MANIFEST_DIR")).expect("temp");
-        f.as_file().set_len(1 << 20).expect("size");
-        let open = |cache| {
-            let mut cfg = DiskConfig::new(f.path());
-            cfg.cache = cache;
-            cfg.engine = Some(EngineKind::IoUring);
-            Disk::open(&cfg)
-        };
-        let op = HostOp::Writev {
-            iov: std::ptr::null(),
-            count: 0,
-            offset: 0,
-            dsync: false,
-        };
-        let dsync_op = HostOp::Writev {
-            iov: std::ptr::null(),
-            count: 0,
-            offset: 0,
-            dsync: true,
-        };
-        for (mode, inline) in [
-            (CacheMode::Writeback, true),
-            (CacheMode::Unsafe, true),
-            (CacheMode::Writethrough, false),
-        ] {
-            let mut d = open(mode).expect("open");
-            assert_eq!(d.write_inline(&op), inline, "{mode}");
-            assert!(
-                !d.write_inline(&dsync_op),
-                "{mode}: RWF_DSYNC writes stay on the ring"
-            );
-            assert!(!d.write_inline(&HostOp::Fdatasync), "{mode}");
-            if mode == CacheMode::Writeback {
-                // WCE off: durable writes go to the ring (RWF_DSYNC).
-                d.set_write_cache(false).expect("wce off");
-                let mut buf = vec![0xabu8; 8192];
-                let seg = crate::Segment {
-                    addr: buf.as_mut_ptr(),
-                    len: 4096,
-                };
-                // SAFETY: `buf` outlives the request, which wait_idle ends.
-                unsafe {
-                    d.submit(
-                        Op::Write {
-                            offset: 0,
-                            segments: vec![seg],
-                        },
-                        1,
-                    )
-                }
-                .expect("submit");
-                let mut done = Vec::new();
-                d.wait_idle(&mut done);
-                assert_eq!(done.len(), 1);
-                assert_eq!(d.stats().dsync_writes, 1);
-            }
-        }
-        // An inline write completes at submit, signals the eventfd, and
-        // its data is in the file.
-        let mut d = open(CacheMode::Writeback).expect("open");
-        let mut buf = vec![0x5au8; 4096];
-        let seg = crate::Segment {
-            addr: buf.as_mut_ptr(),
-            len: buf.len(),
-        };
-        // SAFETY: `buf` outlives the request, which completes before
-        // drain_completions returns it below.
-        unsafe {
-            d.submit(
-                Op::Write {
-                    offset: 8192,
-                    segments: vec![seg],
-                },
-                7,
-            )
-        }
-        .expect("submit");
-        assert_eq!(d.eventfd.read().ok(), Some(1), "completion signalled");
-        d.eventfd.write(1).expect("re-signal");
-        let mut done = Vec::new();
-        d.drain_completions(&mut done);
-        assert_eq!(done.len(), 1);
-        assert_eq!(
-            (done[0].user_data, done[0].result.as_ref().ok()),
-            (7, Some(&4096))
-        );
-        assert_eq!(d.in_flight(), 0);
-        let data = std::fs::read(f.path()).expect("read");
-        assert!(data[8192..12288].iter().all(|&b| b == 0x5a));
-        assert_eq!(d.stats().writes, 1);
-    }
-
-    #[test]
-    fn config_defaults() {
-        let c = DiskConfig::new("/x.img");
-        assert_eq!(
-            (c.cache, c.read_only, c.engine),
-            (CacheMode::Writeback, false, None)
-        );
-    }
-
-    #[test]
-    fn default_engine_is_io_uring_where_supported() {
-        let f = tempfile::NamedTempFile::new_in(env!("CARGO_MANIFEST_DIR")).expect("temp");
-        f.as_file().set_len(4096).expect("size");
-        let d = Disk::open(&DiskConfig::new(f.path())).expect("open");
-        let want = if crate::io_uring_supported() {
-            EngineKind::IoUring
-        } else {
-            EngineKind::Sync
-        };
-        assert_eq!(d.engine_kind(), want);
-        assert_eq!(d.path(), f.path());
-    }
-}
+mod tests;

@@ -13,21 +13,21 @@
 //! (io_uring or synchronous) runs underneath. See DESIGN.md beside this
 //! file for what the crate deliberately leaves out.
 
-mod bounce;
 mod cache;
 mod disk;
 mod engine;
 mod error;
+mod inflight;
 mod lifecycle;
 mod lock;
+mod op;
 mod open;
-mod request;
 mod stats;
 
 pub use cache::{CacheMode, CacheSwitches, ParseCacheModeError};
 pub use disk::{Disk, DiskConfig, QUEUE_DEPTH};
 pub use engine::{io_uring_supported, EngineKind, ParseEngineKindError};
 pub use error::BlockError;
+pub use op::{Completion, Op, Segment};
 pub use open::probe_direct_io;
-pub use request::{Completion, Op, Segment};
 pub use stats::DiskStats;

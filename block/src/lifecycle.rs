@@ -6,9 +6,8 @@
 
 use std::io;
 
-use crate::bounce::{self, AlignedBuf};
 use crate::engine::HostOp;
-use crate::request::{InFlight, Kind, Stage};
+use crate::inflight::{self as bounce, host_op, AlignedBuf, InFlight, Kind, Stage};
 use crate::BlockError;
 
 /// Largest zero buffer a write-zeroes fallback allocates.
@@ -42,41 +41,8 @@ pub(crate) fn step(r: &mut InFlight, res: i64) -> Step {
         return Step::Again(host_op(r));
     }
     match r.stage {
-        Stage::Transfer | Stage::ZeroFill => {
-            let writing = r.kind != Kind::Read;
-            if res < 0 {
-                return if writing {
-                    Step::Modified(Err(err(res)))
-                } else {
-                    Step::Done(Err(err(res)))
-                };
-            }
-            if res == 0 {
-                let e = short_transfer(r, writing);
-                return if writing {
-                    Step::Modified(Err(e))
-                } else {
-                    Step::Done(Err(e))
-                };
-            }
-            r.done += res as u64;
-            if r.stage == Stage::ZeroFill {
-                return Step::Modified(Ok(next_zero_chunk(r)));
-            }
-            if r.done < r.len {
-                r.advance(res as usize);
-                return Step::Again(host_op(r));
-            }
-            if writing {
-                return Step::Modified(Ok(None));
-            }
-            if let Some(b) = &r.bounce {
-                // SAFETY: submit's contract: the segments are writable and
-                // untouched by anyone else until this completion is returned.
-                unsafe { bounce::scatter(b, r.len as usize, &r.segments) };
-            }
-            Step::Done(Ok(r.len as u32))
-        }
+        Stage::Transfer | Stage::ZeroFill => transfer_done(r, res),
+        Stage::RmwRead => rmw_read_done(r, res),
         Stage::Flush { gen } => Step::Synced(gen, if res < 0 { Err(err(res)) } else { Ok(0) }),
         Stage::SyncAfter { gen } => Step::Synced(gen, if res < 0 { Err(err(res)) } else { Ok(0) }),
         Stage::Fallocate { mode } => {
@@ -114,6 +80,72 @@ pub(crate) fn step(r: &mut InFlight, res: i64) -> Step {
     }
 }
 
+/// After (part of) a data transfer or a zero-fill chunk: transfer on,
+/// copy a bounced read out, or finish. A write that fails may have changed
+/// the image already, so it is `Modified` either way.
+fn transfer_done(r: &mut InFlight, res: i64) -> Step {
+    let writing = r.kind != Kind::Read;
+    let failed = |e| {
+        if writing {
+            Step::Modified(Err(e))
+        } else {
+            Step::Done(Err(e))
+        }
+    };
+    if res < 0 {
+        return failed(BlockError::Io(io::Error::from_raw_os_error((-res) as i32)));
+    }
+    if res == 0 {
+        return failed(short_transfer(r, writing));
+    }
+    r.done += res as u64;
+    if r.stage == Stage::ZeroFill {
+        return Step::Modified(Ok(next_zero_chunk(r)));
+    }
+    if r.done < r.len {
+        r.advance(res as usize);
+        return Step::Again(host_op(r));
+    }
+    if writing {
+        return Step::Modified(Ok(None));
+    }
+    if let Some(b) = &r.bounce {
+        let skip = r.window.map_or(0, |w| w.skip);
+        // SAFETY: submit's contract: the segments are writable and
+        // untouched by anyone else until this completion is returned.
+        unsafe { bounce::scatter(b, skip, r.caller_len() as usize, &r.segments) };
+    }
+    Step::Done(Ok(r.caller_len()))
+}
+
+/// After (part of) the read of a read-modify-write: read on, or put the
+/// caller's bytes over the host blocks and write them back. Nothing was
+/// changed yet, so a failure is a plain error.
+fn rmw_read_done(r: &mut InFlight, res: i64) -> Step {
+    if res < 0 {
+        return Step::Done(Err(BlockError::Io(io::Error::from_raw_os_error(
+            (-res) as i32,
+        ))));
+    }
+    if res == 0 {
+        return Step::Done(Err(short_transfer(r, false)));
+    }
+    r.done += res as u64;
+    if r.done < r.len {
+        r.advance(res as usize);
+        return Step::Again(host_op(r));
+    }
+    if let (Some(b), Some(w)) = (r.bounce.as_mut(), r.window) {
+        // SAFETY: submit's contract: the segments are readable and
+        // untouched by anyone else until this completion is returned.
+        unsafe { bounce::gather(&r.segments, b, w.skip) };
+    }
+    r.stage = Stage::Transfer;
+    r.done = 0;
+    r.bounce_iovec(r.len as usize);
+    Step::Again(host_op(r))
+}
+
 /// After a zero-fill chunk: the next chunk, the durability sync, or done.
 fn next_zero_chunk(r: &mut InFlight) -> Option<HostOp> {
     if r.done < r.len {
@@ -137,27 +169,6 @@ fn zero_chunk(r: &mut InFlight) -> HostOp {
         count,
         offset: r.offset + r.done,
         dsync: r.rwf_dsync,
-    }
-}
-
-/// The host operation for the current stage of `r`.
-pub(crate) fn host_op(r: &InFlight) -> HostOp {
-    let (iov, count) = r.pending_iovecs();
-    let offset = r.offset + r.done;
-    match (r.stage, r.kind) {
-        (Stage::Transfer, Kind::Read) => HostOp::Readv { iov, count, offset },
-        (Stage::Transfer, _) | (Stage::ZeroFill, _) => HostOp::Writev {
-            iov,
-            count,
-            offset,
-            dsync: r.rwf_dsync,
-        },
-        (Stage::Flush { .. }, _) | (Stage::SyncAfter { .. }, _) => HostOp::Fdatasync,
-        (Stage::Fallocate { mode }, _) => HostOp::Fallocate {
-            offset: r.offset,
-            len: r.len,
-            mode,
-        },
     }
 }
 

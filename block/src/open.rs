@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
-use crate::bounce::AlignedBuf;
+use crate::inflight::AlignedBuf;
 use crate::{BlockError, CacheMode};
 
 vmm_sys_util::ioctl_ior_nr!(BLKGETSIZE64, 0x12, 114, u64);

@@ -3,7 +3,8 @@
 //! ```json
 //! {"reads":12,"writes":40,"flushes":3,"discards":0,"write_zeroes":1,
 //!  "bytes_read":49152,"bytes_written":163840,"host_syncs":43,
-//!  "fdatasyncs":3,"dsync_writes":40,"bounced":2,"errors":0}
+//!  "fdatasyncs":3,"dsync_writes":40,"bounced":2,"widened_reads":0,
+//!  "read_modify_writes":0,"errors":0}
 //! ```
 //!
 //! Requests are counted when they complete (successfully or not); bytes only
@@ -35,6 +36,15 @@ pub struct DiskStats {
     pub dsync_writes: u64,
     /// Requests that went through an aligned bounce buffer.
     pub bounced: u64,
+    /// Reads aligned to 512 bytes but not to the host's logical block
+    /// (virtio's unit is 512 on every host, §5.2.5): the whole host blocks
+    /// were read into a bounce buffer. A guest that honours BLK_SIZE makes
+    /// none.
+    pub widened_reads: u64,
+    /// Writes aligned to 512 bytes but not to the host's logical block,
+    /// served by reading the whole host blocks, changing the guest's bytes
+    /// and writing them back (serialized against overlapping writes).
+    pub read_modify_writes: u64,
     /// Requests that ended in an error (host errors and refused requests).
     pub errors: u64,
 }
@@ -77,6 +87,8 @@ mod tests {
             "fdatasyncs",
             "dsync_writes",
             "bounced",
+            "widened_reads",
+            "read_modify_writes",
             "errors",
         ] {
             assert!(j.get(k).is_some(), "missing {k} in {j}");

@@ -9,6 +9,7 @@ mod common;
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use block::{BlockError, CacheMode, Disk, EngineKind, Op};
 use common::*;
@@ -305,8 +306,13 @@ fn write_zeroes_fallback(engine: EngineKind) {
 }
 
 /// A loop device with 4096-byte sectors: size from BLKGETSIZE64, block size
-/// from the device, O_DIRECT requests bounced, misaligned ones refused.
+/// from the device, O_DIRECT requests bounced, 512-aligned reads and writes
+/// widened to whole blocks in every mode, misaligned discards refused.
 fn block_device_4k_sectors(engine: EngineKind) {
+    // `losetup --find --show` run by two threads at once can hand both the
+    // same free device: one engine's test at a time.
+    static LOOP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = LOOP.lock().unwrap_or_else(|p| p.into_inner());
     let dir = scratch();
     let backing = image(dir.path(), 8 << 20);
     let out = Command::new("losetup")
@@ -371,6 +377,36 @@ fn block_device_4k_sectors(engine: EngineKind) {
         back[12288..8192 + 16384] == data[4096..],
         "reached the backing file"
     );
+    // §5.2.5: 512-byte units on a 4Kn device, in every mode: a sector
+    // inside a block and a range across a block boundary.
+    for mode in CacheMode::ALL {
+        let mut d = reopen(dev, mode, engine);
+        let base = 65536 * (mode as u64 + 1);
+        for (off, len, seed) in [(base + 512, 512, 1u8), (base + 7680, 1024, 2)] {
+            let data = pattern(len, seed + mode as u8);
+            write_at(&mut d, off, &data, 0, &[])
+                .result
+                .expect("read-modify-write");
+            assert!(read_at(&mut d, off, len, 0, &[]) == data, "{mode} {off}");
+        }
+        assert_eq!(d.stats().read_modify_writes, 2, "{mode}");
+        op(&mut d, Op::Flush).result.expect("flush");
+    }
+}
+
+/// Opens `path` right after a `Disk` on it was dropped. Its lock can
+/// outlive the drop by a moment: another test's thread that spawns a
+/// process (losetup, mount) holds a copy of every descriptor until the
+/// child's exec closes it, and an OFD lock lasts as long as any copy.
+fn reopen(path: &Path, mode: CacheMode, engine: EngineKind) -> Disk {
+    let cfg = config(path, mode, engine, false);
+    for _ in 0..200 {
+        match Disk::open(&cfg) {
+            Err(BlockError::Locked { .. }) => std::thread::sleep(Duration::from_millis(10)),
+            other => return other.expect("open disk"),
+        }
+    }
+    panic!("{}: still locked after 2 s", path.display());
 }
 
 per_engine!(

@@ -8,11 +8,12 @@
 //! any byte of memory (descriptor table and rings included).
 
 use arbitrary::Arbitrary;
+use devices::virtio::split_ring::{self, Desc};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN,
     VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
 };
-use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use vm_memory::GuestAddress;
 
 use crate::layout::{Alloc, Flat, AVAIL, DESC, MAX_ALLOC, MEM_END, USED};
 use crate::rig::SECTORS;
@@ -174,6 +175,17 @@ pub struct Status {
     pub readonly: bool,
 }
 
+/// A re-framing of a chain (§2.7.4.1: any layout): its device-readable
+/// buffers' bytes laid out back to back, then its device-writable ones,
+/// each stream cut into descriptors at these offsets (modulo its length).
+#[derive(Arbitrary, Clone, Debug, Default)]
+pub struct Reframe {
+    /// Cuts in the device-readable bytes (the first 8 are used).
+    pub readable: Vec<u16>,
+    /// Cuts in the device-writable bytes (the first 8 are used).
+    pub writable: Vec<u16>,
+}
+
 /// One request as a driver would build it.
 #[derive(Arbitrary, Clone, Debug)]
 pub struct Chain {
@@ -187,6 +199,8 @@ pub struct Chain {
     pub data: Vec<Buf>,
     /// The status byte.
     pub status: Status,
+    /// Lay the buffers out again, cut elsewhere.
+    pub reframe: Option<Reframe>,
 }
 
 /// One thing the driver does to guest memory.
@@ -229,18 +243,10 @@ pub struct Rings {
     pub used: Addr,
 }
 
-/// Where the queue is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QueueGeom {
-    /// Queue size.
-    pub size: u16,
-    /// Descriptor table.
-    pub desc: u64,
-    /// Available ring.
-    pub avail: u64,
-    /// Used ring.
-    pub used: u64,
-}
+/// Where the queue is: the driver-side ring of `devices`, which writes
+/// the descriptors and chains here as it does for the device tests and the
+/// bench driver.
+pub use devices::virtio::split_ring::SplitRing as QueueGeom;
 
 /// A whole queue's worth of driver activity.
 #[derive(Arbitrary, Clone, Debug)]
@@ -286,13 +292,13 @@ impl Builder<'_> {
     }
 
     fn write_desc(&mut self, table: u64, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let mut raw = [0u8; 16];
-        raw[..8].copy_from_slice(&addr.to_le_bytes());
-        raw[8..12].copy_from_slice(&len.to_le_bytes());
-        raw[12..14].copy_from_slice(&flags.to_le_bytes());
-        raw[14..].copy_from_slice(&next.to_le_bytes());
-        self.flat
-            .write(table.wrapping_add(16 * u64::from(index)), &raw);
+        let d = Desc {
+            addr,
+            len,
+            flags,
+            next,
+        };
+        split_ring::write_desc(self.flat, table, index, d);
     }
 
     fn take_index(&mut self) -> u16 {
@@ -329,45 +335,74 @@ impl Builder<'_> {
         let addr = self.place(s.addr, u64::from(len), 1);
         self.fill(addr, u64::from(len), 0xff);
         bufs.push((addr, len, !s.readonly));
-
-        let flags = |i: usize, writable: bool| {
-            let mut f = if writable {
-                VRING_DESC_F_WRITE as u16
-            } else {
-                0
-            };
-            if i + 1 < bufs.len() {
-                f |= VRING_DESC_F_NEXT as u16;
+        if let Some(r) = &c.reframe {
+            let reframed = self.reframe(&bufs, r);
+            // Nothing but empty buffers: keep them as they were.
+            if !reframed.is_empty() {
+                bufs = reframed;
             }
-            f
-        };
+        }
+
+        let bufs: Vec<split_ring::Buf> = bufs
+            .iter()
+            .map(|&(addr, len, writable)| split_ring::Buf {
+                addr: GuestAddress(addr),
+                len,
+                writable,
+            })
+            .collect();
         let head = if c.indirect {
             let table = self.alloc.take(16 * bufs.len() as u64, 16);
-            for (i, &(addr, len, w)) in bufs.iter().enumerate() {
-                self.write_desc(table, i as u16, addr, len, flags(i, w), i as u16 + 1);
-            }
+            let indices: Vec<u16> = (0..bufs.len() as u16).collect();
+            split_ring::write_chain(self.flat, table, &indices, &bufs);
             let head = self.take_index();
-            let desc = self.geom.desc;
-            let table_len = 16 * bufs.len() as u32;
-            self.write_desc(
-                desc,
-                head,
-                table,
-                table_len,
-                VRING_DESC_F_INDIRECT as u16,
-                0,
-            );
+            let d = split_ring::indirect_desc(table, bufs.len());
+            split_ring::write_desc(self.flat, self.geom.desc, head, d);
             head
         } else {
             let indices: Vec<u16> = bufs.iter().map(|_| self.take_index()).collect();
-            let desc = self.geom.desc;
-            for (i, &(addr, len, w)) in bufs.iter().enumerate() {
-                let next = indices.get(i + 1).copied().unwrap_or(0);
-                self.write_desc(desc, indices[i], addr, len, flags(i, w), next);
-            }
+            split_ring::write_chain(self.flat, self.geom.desc, &indices, &bufs);
             indices[0]
         };
         self.heads.push(head);
+    }
+
+    /// `bufs` as two contiguous streams (readable, then writable; bytes
+    /// of buffers outside memory read as zeros, each stream at most
+    /// [`MAX_ALLOC`]) cut at `r`'s offsets.
+    fn reframe(&mut self, bufs: &[(u64, u32, bool)], r: &Reframe) -> Vec<(u64, u32, bool)> {
+        let mut out = Vec::new();
+        for (writable, cuts) in [(false, &r.readable), (true, &r.writable)] {
+            let mut bytes = Vec::new();
+            for &(addr, len, _) in bufs.iter().filter(|b| b.2 == writable) {
+                let n = u64::from(len).min(MAX_ALLOC - bytes.len() as u64);
+                match self.flat.read(addr, n) {
+                    Some(b) => bytes.extend_from_slice(b),
+                    None => bytes.resize(bytes.len() + n as usize, 0),
+                }
+            }
+            if bytes.is_empty() {
+                continue;
+            }
+            let start = self.alloc.take(bytes.len() as u64, 8);
+            self.flat.write(start, &bytes);
+            let total = bytes.len() as u64;
+            let mut points: Vec<u64> = cuts
+                .iter()
+                .take(MAX_BUFS)
+                .map(|&c| u64::from(c) % total)
+                .filter(|&c| c > 0)
+                .collect();
+            points.sort_unstable();
+            points.dedup();
+            points.push(total);
+            let mut at = 0;
+            for p in points {
+                out.push((start + at, (p - at) as u32, writable));
+                at = p;
+            }
+        }
+        out
     }
 
     fn item(&mut self, item: &Item) {

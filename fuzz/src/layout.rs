@@ -5,6 +5,7 @@
 //! 0x12000)` a last small region, so that "inside memory", "across a region
 //! boundary", "into the hole" and "past the end" are all a few bits apart.
 
+use devices::virtio::split_ring::RingMemory;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 /// End of the first region / start of the second.
@@ -129,6 +130,25 @@ impl Flat {
                 GuestAddress(start),
             )
             .expect("the layout's regions are mapped");
+        }
+    }
+}
+
+/// The rings of a case are written into the flat image first, where the
+/// oracle reads them before the device runs.
+impl RingMemory for Flat {
+    fn put(&mut self, addr: u64, bytes: &[u8]) -> bool {
+        self.write(addr, bytes);
+        in_memory(addr, bytes.len() as u64)
+    }
+
+    fn get(&self, addr: u64, buf: &mut [u8]) -> bool {
+        match self.read(addr, buf.len() as u64) {
+            Some(b) => {
+                buf.copy_from_slice(b);
+                true
+            }
+            None => false,
         }
     }
 }

@@ -152,24 +152,28 @@ pub fn effects(flat: &Flat, geom: QueueGeom, read_only: bool) -> Effects {
                 fx.grants.push(span(d.addr, u64::from(d.len)));
             }
         }
-        let Some((first, rest)) = descs.split_first() else {
-            continue;
-        };
-        fx.control.push(span(first.addr, 16));
-        let Some(hdr) = flat.read(first.addr, 16) else {
+        // §2.7.4.1: the header is the first 16 device-readable bytes
+        // however split, the data what follows them (a write) or the
+        // device-writable bytes before the status (a read).
+        let readable: Vec<Desc> = descs
+            .iter()
+            .filter(|d| d.flags & VRING_DESC_F_WRITE as u16 == 0)
+            .copied()
+            .collect();
+        let Some(hdr) = gather(flat, &readable, 16, &mut fx.control) else {
             continue;
         };
         let kind = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
         let sector = u64::from_le_bytes(hdr[8..16].try_into().unwrap_or_default());
-        // The data: everything between the header and the status byte.
-        let data = &rest[..rest.len().saturating_sub(1)];
+        let readable_len: u64 = readable.iter().map(|d| u64::from(d.len)).sum();
         match kind {
             VIRTIO_BLK_T_OUT => {
-                let len: u64 = data.iter().map(|d| u64::from(d.len)).sum();
-                fx.claims.push(span(sector.saturating_mul(512), len));
+                fx.claims
+                    .push(span(sector.saturating_mul(512), readable_len - 16));
             }
             VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
-                if let Some(seg) = gather(flat, data, 16, &mut fx.control) {
+                if let Some(seg) = gather(flat, &readable, 32, &mut fx.control) {
+                    let seg = &seg[16..];
                     let start = u64::from_le_bytes(seg[..8].try_into().unwrap_or_default());
                     let sectors = u32::from_le_bytes(seg[8..12].try_into().unwrap_or_default());
                     fx.claims

@@ -50,6 +50,9 @@ pub struct Kind {
     /// Memory alignment the disk assumes (4096 sends every buffer that is
     /// not page-aligned through the bounce path).
     pub mem_alignment: usize,
+    /// Logical block the disk assumes (4096: requests not aligned to it
+    /// are widened, writes read-modify-written).
+    pub block_size: u32,
 }
 
 const fn kind(cache: CacheMode, read_only: bool, engine: EngineKind, mem_alignment: usize) -> Kind {
@@ -58,11 +61,19 @@ const fn kind(cache: CacheMode, read_only: bool, engine: EngineKind, mem_alignme
         read_only,
         engine,
         mem_alignment,
+        block_size: 512,
+    }
+}
+
+const fn four_k(cache: CacheMode, engine: EngineKind) -> Kind {
+    Kind {
+        block_size: 4096,
+        ..kind(cache, false, engine, 1)
     }
 }
 
 /// The disks a case can pick (append only: inputs name them by index).
-pub const KINDS: [Kind; 7] = [
+pub const KINDS: [Kind; 9] = [
     kind(CacheMode::Writeback, false, EngineKind::Sync, 1),
     kind(CacheMode::Writethrough, false, EngineKind::Sync, 1),
     kind(CacheMode::Unsafe, false, EngineKind::Sync, 1),
@@ -70,6 +81,8 @@ pub const KINDS: [Kind; 7] = [
     kind(CacheMode::Writeback, false, EngineKind::Sync, 4096),
     kind(CacheMode::Writeback, false, EngineKind::IoUring, 1),
     kind(CacheMode::DirectSync, false, EngineKind::Sync, 1),
+    four_k(CacheMode::Writeback, EngineKind::Sync),
+    four_k(CacheMode::Writeback, EngineKind::IoUring),
 ];
 
 /// One device, its guest memory and its image.
@@ -135,7 +148,7 @@ impl Rig {
             // allow (they do not depend on the order of completions).
             engine: Some(kind.engine),
         };
-        let disk = match Disk::open_with_mem_alignment(&cfg, kind.mem_alignment) {
+        let disk = match Disk::open_with_alignment(&cfg, kind.mem_alignment, kind.block_size) {
             Ok(d) => d,
             // A host without io_uring or O_DIRECT on /dev/shm: say so once
             // and fuzz that slot on a plain disk instead.

@@ -6,7 +6,7 @@
 
 use crate::cases::{BlkCase, Limits, Op, ParseCase, RegCase, Width};
 use crate::chain::{
-    Addr, Buf, Chain, Header, Item, Len, Queue, ReqType, Rings, Sector, Segment, Status,
+    Addr, Buf, Chain, Header, Item, Len, Queue, Reframe, ReqType, Rings, Sector, Segment, Status,
 };
 
 /// A value `arbitrary` can decode from what `encode` writes.
@@ -154,8 +154,15 @@ impl Encode for Chain {
             self.no_header,
             self.header,
             self.data,
-            self.status
+            self.status,
+            self.reframe
         );
+    }
+}
+
+impl Encode for Reframe {
+    fn encode(&self, out: &mut Vec<u8>) {
+        all!(out, self.readable, self.writable);
     }
 }
 
@@ -317,7 +324,18 @@ pub fn chain(kind: ReqType, sector: u8, data: Vec<Buf>) -> Chain {
         header: header(kind, sector),
         data,
         status: status(),
+        reframe: None,
     }
+}
+
+/// `c` cut elsewhere: readable and writable bytes back to back, split at
+/// `readable` and `writable` (QEMU's qtest layouts and others).
+pub fn reframed(mut c: Chain, readable: &[u16], writable: &[u16]) -> Chain {
+    c.reframe = Some(Reframe {
+        readable: readable.to_vec(),
+        writable: writable.to_vec(),
+    });
+    c
 }
 
 /// `sectors` sectors of data filled with `fill`.
@@ -450,6 +468,13 @@ pub fn blk_seeds() -> Vec<(&'static str, BlkCase)> {
                 ],
             ),
         ),
+        // §2.7.4.1: QEMU's qtest layouts (header+data 528 + status 1;
+        // header 16 + data+status 513), a header split 8 + 8, and an
+        // indirect table; then the same on disks with a 4096-byte block,
+        // where they are widened and read-modify-written.
+        ("qemu_layouts", blk(0, all, qemu_layouts())),
+        ("sub_block_sync", blk(7, all, qemu_layouts())),
+        ("sub_block_io_uring", blk(8, all, qemu_layouts())),
         (
             "directsync_write_flush",
             blk(
@@ -460,6 +485,33 @@ pub fn blk_seeds() -> Vec<(&'static str, BlkCase)> {
                     chain(ReqType::Flush, 0, vec![]),
                 ],
             ),
+        ),
+    ]
+}
+
+/// Requests in the layouts QEMU's virtio-blk qtest sends, and more.
+fn qemu_layouts() -> Vec<Chain> {
+    let mut indirect = reframed(
+        chain(ReqType::Out, 17, vec![sectors(1, 0x6b)]),
+        &[8, 16],
+        &[],
+    );
+    indirect.indirect = true;
+    vec![
+        reframed(chain(ReqType::Out, 1, vec![sectors(1, 0x5a)]), &[], &[]),
+        reframed(chain(ReqType::In, 1, vec![sectors(1, 0)]), &[16], &[]),
+        reframed(
+            chain(ReqType::Out, 9, vec![sectors(2, 0x3c)]),
+            &[8, 16],
+            &[],
+        ),
+        reframed(chain(ReqType::In, 8, vec![sectors(3, 0)]), &[], &[512]),
+        indirect,
+        reframed(zeroing(ReqType::WriteZeroes, 3, 2, 0), &[20], &[]),
+        reframed(
+            chain(ReqType::GetId, 0, vec![buf(Len::Bytes(20), 0)]),
+            &[],
+            &[],
         ),
     ]
 }
@@ -583,6 +635,13 @@ pub fn parse_seeds() -> Vec<(&'static str, ParseCase)> {
                     chain(ReqType::Flush, 0, vec![]),
                     chain(ReqType::GetId, 0, vec![buf(Len::Bytes(20), 0)]),
                 ]),
+            },
+        ),
+        (
+            "layouts",
+            ParseCase {
+                limits: limits(),
+                queue: queue(qemu_layouts()),
             },
         ),
         (

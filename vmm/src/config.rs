@@ -48,8 +48,8 @@ pub enum DriveError {
     #[error("unknown drive option {0:?} (known: file, cache, cache.writeback, cache.direct, cache.no-flush, readonly, serial, aio, format, if)")]
     UnknownKey(String),
     /// A bad `cache=`.
-    #[error("{0}")]
-    Cache(String),
+    #[error(transparent)]
+    Cache(#[from] block::ParseCacheModeError),
     /// A bad `aio=`.
     #[error("aio={0} is not supported; use aio=io_uring or aio=threads")]
     Aio(String),
@@ -129,11 +129,7 @@ pub fn parse_drive(s: &str) -> Result<DriveConfig, DriveError> {
             .ok_or_else(|| DriveError::NotKeyValue(item.clone()))?;
         match key {
             "file" => path = Some(value.to_string()),
-            "cache" => {
-                mode = value
-                    .parse()
-                    .map_err(|e: block::ParseCacheModeError| DriveError::Cache(e.to_string()))?
-            }
+            "cache" => mode = value.parse()?,
             "cache.writeback" => writeback = Some(parse_bool(key, value)?),
             "cache.direct" => direct = Some(parse_bool(key, value)?),
             "cache.no-flush" => no_flush = Some(parse_bool(key, value)?),

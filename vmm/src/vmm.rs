@@ -215,7 +215,7 @@ impl Vmm {
                 Some(Box::new(move || {
                     io_filters
                         .install(ThreadKind::Io, "ferrite-blk")
-                        .map_err(|e| e.to_string())
+                        .map_err(Into::into)
                 })),
             )?);
         }

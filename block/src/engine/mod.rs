@@ -101,16 +101,38 @@ pub(crate) struct RawCompletion {
     pub res: i64,
 }
 
+/// What `Engine::push` did with an operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// Queued: it runs at `kick` (or later) and its completion is reaped.
+    Queued,
+    /// Run at once, on this thread, with this result (bytes or a negated
+    /// errno); no completion will be reaped for it.
+    Done(i64),
+}
+
+/// The data descriptor an engine runs on, and what it is opened for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DataFd {
+    /// The descriptor.
+    pub fd: RawFd,
+    /// Buffered without O_DSYNC: a write without RWF_DSYNC only copies
+    /// into the page cache.
+    pub page_cache: bool,
+}
+
 /// What every engine does.
 pub(crate) trait Engine: Send {
     fn kind(&self) -> EngineKind;
 
-    /// Queues `op`; nothing runs before `kick`.
+    /// Queues `op`, or runs it at once if this engine decides that is
+    /// cheaper (see [`Pushed`]).
     ///
     /// # Safety
     /// The memory `op` points to must stay valid, and not be accessed by
-    /// anyone else, until the completion tagged `tag` has been reaped.
-    unsafe fn push(&mut self, op: HostOp, tag: u64) -> io::Result<()>;
+    /// anyone else, until the completion tagged `tag` has been reaped (or
+    /// `push` returned `Done`).
+    unsafe fn push(&mut self, op: HostOp, tag: u64) -> io::Result<Pushed>;
 
     /// Starts every queued operation.
     fn kick(&mut self) -> io::Result<()>;
@@ -131,7 +153,7 @@ pub(crate) trait Engine: Send {
 
     /// Points future operations at a new data descriptor. Only call with
     /// nothing in flight.
-    fn set_fd(&mut self, fd: RawFd) -> io::Result<()>;
+    fn set_fd(&mut self, data: DataFd) -> io::Result<()>;
 }
 
 /// True when this kernel can run the disk on io_uring.
@@ -143,7 +165,11 @@ pub fn io_uring_supported() -> bool {
                 .ok()
                 .and_then(|f| {
                     use std::os::fd::AsRawFd;
-                    UringEngine::new(f.as_raw_fd(), &efd, 4).ok()
+                    let data = DataFd {
+                        fd: f.as_raw_fd(),
+                        page_cache: false,
+                    };
+                    UringEngine::new(data, &efd, 4).ok()
                 })
                 .is_some()
         }
@@ -155,18 +181,18 @@ pub fn io_uring_supported() -> bool {
 /// `kind` is None.
 pub(crate) fn create(
     kind: Option<EngineKind>,
-    fd: RawFd,
+    data: DataFd,
     eventfd: &EventFd,
     depth: usize,
 ) -> Result<Box<dyn Engine>, BlockError> {
     match kind {
-        Some(EngineKind::Sync) => Ok(Box::new(SyncEngine::new(fd))),
+        Some(EngineKind::Sync) => Ok(Box::new(SyncEngine::new(data.fd))),
         Some(EngineKind::IoUring) => Ok(Box::new(
-            UringEngine::new(fd, eventfd, depth).map_err(BlockError::Engine)?,
+            UringEngine::new(data, eventfd, depth).map_err(BlockError::Engine)?,
         )),
-        None => match UringEngine::new(fd, eventfd, depth) {
+        None => match UringEngine::new(data, eventfd, depth) {
             Ok(e) => Ok(Box::new(e)),
-            Err(_) => Ok(Box::new(SyncEngine::new(fd))),
+            Err(_) => Ok(Box::new(SyncEngine::new(data.fd))),
         },
     }
 }

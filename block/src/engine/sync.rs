@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 
-use super::{Engine, EngineKind, HostOp, RawCompletion};
+use super::{DataFd, Engine, EngineKind, HostOp, Pushed, RawCompletion};
 
 pub(crate) struct SyncEngine {
     fd: RawFd,
@@ -86,9 +86,11 @@ impl Engine for SyncEngine {
         EngineKind::Sync
     }
 
-    unsafe fn push(&mut self, op: HostOp, tag: u64) -> io::Result<()> {
+    unsafe fn push(&mut self, op: HostOp, tag: u64) -> io::Result<Pushed> {
+        // Queued even though it runs on this thread: `kick` runs a batch,
+        // and its completions reach the caller the same way as the ring's.
         self.queued.push_back((op, tag));
-        Ok(())
+        Ok(Pushed::Queued)
     }
 
     fn kick(&mut self) -> io::Result<()> {
@@ -117,8 +119,8 @@ impl Engine for SyncEngine {
         self.kick()
     }
 
-    fn set_fd(&mut self, fd: RawFd) -> io::Result<()> {
-        self.fd = fd;
+    fn set_fd(&mut self, data: DataFd) -> io::Result<()> {
+        self.fd = data.fd;
         Ok(())
     }
 }

@@ -330,9 +330,15 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 return;
             }
             self.status = new;
-            if self.activate().is_err() {
+            if let Err(e) = self.activate() {
                 // The driver set everything up and the device cannot use it:
-                // that is what DEVICE_NEEDS_RESET is for (§2.1.2).
+                // that is what DEVICE_NEEDS_RESET is for (§2.1.2). The
+                // guest sees only that bit, so the host is told why.
+                eprintln!(
+                    "ferrite: virtio device type {} failed DRIVER_OK and needs a reset: {e}",
+                    self.device.device_type()
+                );
+                self.device.activation_failed(&e);
                 let _ = self.interrupt.set_needs_reset();
             }
             return;
@@ -457,7 +463,7 @@ mod tests {
         }
         fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
             if self.fail_activation {
-                return Err(ActivateError::Backend("refused".into()));
+                return Err(ActivateError::WorkerGone);
             }
             let size = ctx.queues[0].size();
             self.seen

@@ -11,6 +11,7 @@ pub mod block;
 pub mod mmio;
 pub mod mmio_driver;
 pub mod queue_config;
+pub mod split_ring;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
 
@@ -45,9 +46,18 @@ pub enum ActivateError {
     /// The device's worker thread is gone (it was shut down).
     #[error("the device's I/O thread is not running")]
     WorkerGone,
-    /// The backend refused the negotiated configuration.
-    #[error("the backend refused the negotiated configuration: {0}")]
-    Backend(String),
+    /// The driver set up fewer queues than the device serves.
+    #[error("the device needs {wanted} queues, the driver set up {got}")]
+    MissingQueue {
+        /// Queues the device serves.
+        wanted: usize,
+        /// Queues handed over.
+        got: usize,
+    },
+    /// The disk could not apply what the negotiated features demand (the
+    /// write cache off for a driver without FLUSH).
+    #[error("the disk could not apply the negotiated features: {0}")]
+    Disk(#[from] ::block::BlockError),
 }
 
 /// A device type behind the virtio-mmio transport.
@@ -73,6 +83,9 @@ pub trait VirtioDevice: Send {
     fn write_config(&mut self, offset: u64, data: &[u8], features: u64) -> bool;
     /// Starts serving the queues (DRIVER_OK).
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError>;
+    /// DRIVER_OK failed (in the transport or in `activate`) and the device
+    /// is now in DEVICE_NEEDS_RESET: count it where the device reports.
+    fn activation_failed(&mut self, _error: &(dyn std::error::Error + 'static)) {}
     /// Device reset (status 0): stop touching guest memory, drop the queues,
     /// restore defaults. Returns once nothing is in flight.
     fn reset(&mut self);

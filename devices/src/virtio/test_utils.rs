@@ -7,10 +7,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_OUT};
-use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::mmio_driver::{self, QueueAddrs};
+use super::mmio_driver;
+pub use super::split_ring::Buf;
+use super::split_ring::{self, RingMemory, SplitRing};
 use crate::bus::{lock, SharedDevice};
 
 /// Register offsets a driver uses (virtio 1.2 §4.2.2).
@@ -19,34 +20,75 @@ pub use super::mmio::reg;
 /// Status bits.
 pub use super::mmio_driver::status;
 
-/// One buffer of a chain as the driver describes it.
+/// The 16-byte header of a virtio-blk request (§5.2.6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Buf {
-    /// Guest address.
-    pub addr: GuestAddress,
-    /// Length in bytes.
-    pub len: u32,
-    /// Device-writable.
-    pub writable: bool,
+pub struct BlkHeader {
+    /// VIRTIO_BLK_T_*.
+    pub request_type: u32,
+    /// First sector.
+    pub sector: u64,
 }
 
-impl Buf {
-    /// A device-readable buffer.
-    pub fn readable(addr: GuestAddress, len: u32) -> Self {
-        Buf {
-            addr,
-            len,
-            writable: false,
+impl BlkHeader {
+    /// Its bytes as the driver writes them.
+    pub fn bytes(self) -> [u8; 16] {
+        let mut raw = [0u8; 16];
+        raw[..4].copy_from_slice(&self.request_type.to_le_bytes());
+        raw[8..].copy_from_slice(&self.sector.to_le_bytes());
+        raw
+    }
+}
+
+/// Where a request's two byte streams are cut into descriptors: offsets
+/// into the readable bytes (header + OUT data) and into the writable bytes
+/// (IN data + status). Offsets out of order, repeated, 0 or past the end
+/// make empty descriptors or are dropped, as [`cut`] says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Framing {
+    /// Cuts in the device-readable bytes.
+    pub readable: Vec<u32>,
+    /// Cuts in the device-writable bytes.
+    pub writable: Vec<u32>,
+    /// Put the chain in an indirect table (§2.7.5.3).
+    pub indirect: bool,
+}
+
+impl Framing {
+    /// Linux's framing: the header alone, the data alone (if any), the
+    /// status byte alone; `in_len` is the writable data length.
+    pub fn linux(in_len: u32) -> Framing {
+        Framing {
+            readable: vec![16],
+            writable: vec![in_len],
+            indirect: false,
         }
     }
-    /// A device-writable buffer.
-    pub fn writable(addr: GuestAddress, len: u32) -> Self {
-        Buf {
-            addr,
-            len,
-            writable: true,
-        }
-    }
+}
+
+/// `len` bytes from `start` as buffers cut at the sorted, distinct `cuts`
+/// strictly inside them (others are ignored).
+pub fn cut(start: GuestAddress, len: u64, cuts: &[u32], writable: bool) -> Vec<Buf> {
+    let mut points: Vec<u64> = cuts
+        .iter()
+        .map(|&c| u64::from(c))
+        .filter(|&c| c > 0 && c < len)
+        .collect();
+    points.sort_unstable();
+    points.dedup();
+    points.push(len);
+    let mut at = 0;
+    points
+        .into_iter()
+        .map(|p| {
+            let b = Buf {
+                addr: start.unchecked_add(at),
+                len: (p - at) as u32,
+                writable,
+            };
+            at = p;
+            b
+        })
+        .collect()
 }
 
 /// A virtio-blk request the simulator placed in guest memory.
@@ -68,9 +110,7 @@ pub struct Driver {
     dev: SharedDevice,
     mem: GuestMemoryMmap,
     size: u16,
-    desc: GuestAddress,
-    avail: GuestAddress,
-    used: GuestAddress,
+    ring: SplitRing,
     buf_start: u64,
     next_buf: u64,
     buf_end: u64,
@@ -87,20 +127,14 @@ impl Driver {
     /// A driver for `dev` whose rings and buffers live in
     /// `[base, base + area)` of `mem`, with a queue of `size` entries.
     pub fn new(dev: SharedDevice, mem: GuestMemoryMmap, base: u64, area: u64, size: u16) -> Self {
-        let page = 0x1000;
-        let desc = base;
-        let avail = desc + (16 * u64::from(size)).next_multiple_of(page);
-        let used = avail + (6 + 2 * u64::from(size)).next_multiple_of(page);
-        let bufs = used + (6 + 8 * u64::from(size)).next_multiple_of(page);
+        let ring = SplitRing::at(base, size);
         Driver {
             dev,
             mem,
             size,
-            desc: GuestAddress(desc),
-            avail: GuestAddress(avail),
-            used: GuestAddress(used),
-            buf_start: bufs,
-            next_buf: bufs,
+            ring,
+            buf_start: ring.end(),
+            next_buf: ring.end(),
             buf_end: base + area,
             free: (0..size).rev().collect(),
             chains: HashMap::new(),
@@ -154,8 +188,8 @@ impl Driver {
         self.avail_idx = 0;
         self.last_used = 0;
         // The rings start from zero again (§2.7: a fresh queue).
-        let _ = self.mem.write_obj(0u32, self.avail);
-        let _ = self.mem.write_obj(0u32, self.used);
+        let _ = self.mem.write_obj(0u32, GuestAddress(self.ring.avail));
+        let _ = self.mem.write_obj(0u32, GuestAddress(self.ring.used));
     }
 
     /// Resets, then ACKNOWLEDGE, DRIVER, writes `features` as they are, and
@@ -167,13 +201,8 @@ impl Driver {
 
     /// Sets up queue 0 and writes DRIVER_OK (after a successful negotiate).
     pub fn start(&mut self) {
-        let addrs = QueueAddrs {
-            desc: self.desc.0,
-            avail: self.avail.0,
-            used: self.used.0,
-        };
         let mut dev = lock(&self.dev);
-        mmio_driver::set_queue(&mut *dev, 0, self.size, addrs);
+        mmio_driver::set_queue(&mut *dev, 0, self.size, self.ring.addrs());
         // Whether the device took it is for the test to check.
         let _ = mmio_driver::driver_ok(&mut *dev);
     }
@@ -206,14 +235,14 @@ impl Driver {
     }
 
     /// Writes one raw descriptor (for crafting malformed chains).
-    pub fn write_desc(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let at = self.desc.0 + 16 * u64::from(index);
-        let mut raw = [0u8; 16];
-        raw[..8].copy_from_slice(&addr.to_le_bytes());
-        raw[8..12].copy_from_slice(&len.to_le_bytes());
-        raw[12..14].copy_from_slice(&flags.to_le_bytes());
-        raw[14..].copy_from_slice(&next.to_le_bytes());
-        self.mem.write_slice(&raw, GuestAddress(at)).unwrap();
+    pub fn write_desc(&mut self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
+        let d = split_ring::Desc {
+            addr,
+            len,
+            flags,
+            next,
+        };
+        assert!(self.ring.write_desc(&mut self.mem, index, d));
     }
 
     /// Descriptors not in any chain the device still holds.
@@ -223,13 +252,10 @@ impl Driver {
 
     /// Puts `head` in the available ring (no notification).
     pub fn push_avail(&mut self, head: u16) {
-        let slot = self.avail.0 + 4 + 2 * u64::from(self.avail_idx % self.size);
-        self.mem.write_obj(head, GuestAddress(slot)).unwrap();
+        assert!(self
+            .ring
+            .make_available(&mut self.mem, self.avail_idx, head));
         self.avail_idx = self.avail_idx.wrapping_add(1);
-        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        self.mem
-            .write_obj(self.avail_idx, GuestAddress(self.avail.0 + 2))
-            .unwrap();
     }
 
     /// Links `bufs` into a chain from free descriptors and makes it
@@ -240,18 +266,12 @@ impl Driver {
             "no room for the chain"
         );
         let indices: Vec<u16> = (0..bufs.len()).map(|_| self.free.pop().unwrap()).collect();
-        for (i, (b, &index)) in bufs.iter().zip(&indices).enumerate() {
-            let mut flags = if b.writable {
-                VRING_DESC_F_WRITE as u16
-            } else {
-                0
-            };
-            let next = indices.get(i + 1).copied().unwrap_or(0);
-            if i + 1 < bufs.len() {
-                flags |= VRING_DESC_F_NEXT as u16;
-            }
-            self.write_desc(index, b.addr.0, b.len, flags, next);
-        }
+        assert!(split_ring::write_chain(
+            &mut self.mem,
+            self.ring.desc,
+            &indices,
+            bufs
+        ));
         let head = indices[0];
         self.chains.insert(head, indices);
         self.push_avail(head);
@@ -262,33 +282,17 @@ impl Driver {
     /// table (§2.7.5.3) placed in the buffer area. Returns the head.
     pub fn add_indirect_chain(&mut self, bufs: &[Buf]) -> u16 {
         let table = self.alloc(16 * bufs.len() as u64 + 16);
-        let table = GuestAddress(table.0.next_multiple_of(16));
-        for (i, b) in bufs.iter().enumerate() {
-            let mut flags = if b.writable {
-                VRING_DESC_F_WRITE as u16
-            } else {
-                0
-            };
-            if i + 1 < bufs.len() {
-                flags |= VRING_DESC_F_NEXT as u16;
-            }
-            let mut raw = [0u8; 16];
-            raw[..8].copy_from_slice(&b.addr.0.to_le_bytes());
-            raw[8..12].copy_from_slice(&b.len.to_le_bytes());
-            raw[12..14].copy_from_slice(&flags.to_le_bytes());
-            raw[14..].copy_from_slice(&(i as u16 + 1).to_le_bytes());
-            self.mem
-                .write_slice(&raw, GuestAddress(table.0 + 16 * i as u64))
-                .unwrap();
-        }
+        let table = table.0.next_multiple_of(16);
+        let indices: Vec<u16> = (0..bufs.len() as u16).collect();
+        assert!(split_ring::write_chain(
+            &mut self.mem,
+            table,
+            &indices,
+            bufs
+        ));
         let head = self.free.pop().expect("no free descriptor");
-        self.write_desc(
-            head,
-            table.0,
-            16 * bufs.len() as u32,
-            VRING_DESC_F_INDIRECT as u16,
-            0,
-        );
+        let d = split_ring::indirect_desc(table, bufs.len());
+        assert!(self.ring.write_desc(&mut self.mem, head, d));
         self.chains.insert(head, vec![head]);
         self.push_avail(head);
         head
@@ -331,6 +335,53 @@ impl Driver {
         BlkRequest { head, data, status }
     }
 
+    /// A virtio-blk request in any layout §2.7.4.1 allows. Its
+    /// device-readable bytes (header, then `payload`) and device-writable
+    /// bytes (`in_len` data bytes, then the status byte, preset to 0xff)
+    /// each lie contiguously in guest memory, cut into descriptors at
+    /// `framing`'s offsets. The returned data is the one writable data
+    /// range (reads) or readable data range (writes).
+    pub fn blk_framed(
+        &mut self,
+        header: BlkHeader,
+        payload: &[u8],
+        in_len: u32,
+        framing: &Framing,
+    ) -> BlkRequest {
+        let out_len = 16 + payload.len() as u64;
+        let readable = self.alloc(out_len);
+        self.mem.write_slice(&header.bytes(), readable).unwrap();
+        self.mem
+            .write_slice(payload, readable.unchecked_add(16))
+            .unwrap();
+        let writable = self.alloc(u64::from(in_len) + 1);
+        let status = writable.unchecked_add(u64::from(in_len));
+        self.mem.write_obj(0xffu8, status).unwrap();
+        let mut bufs = cut(readable, out_len, &framing.readable, false);
+        bufs.extend(cut(
+            writable,
+            u64::from(in_len) + 1,
+            &framing.writable,
+            true,
+        ));
+        let data = if in_len > 0 {
+            vec![Buf::writable(writable, in_len)]
+        } else if !payload.is_empty() {
+            vec![Buf::readable(
+                readable.unchecked_add(16),
+                payload.len() as u32,
+            )]
+        } else {
+            Vec::new()
+        };
+        let head = if framing.indirect {
+            self.add_indirect_chain(&bufs)
+        } else {
+            self.add_chain(&bufs)
+        };
+        BlkRequest { head, data, status }
+    }
+
     /// A T_OUT request whose one data buffer holds `payload`, written to
     /// guest memory before the chain becomes available: a device may
     /// process a chain as soon as it is in the available ring, before the
@@ -354,7 +405,7 @@ impl Driver {
 
     /// The used ring's index as the device last published it.
     pub fn used_idx(&self) -> u16 {
-        self.mem.read_obj(GuestAddress(self.used.0 + 2)).unwrap()
+        self.ring.used_idx(&self.mem).unwrap()
     }
 
     /// Takes the next used entry `(head, len)`, freeing its descriptors.
@@ -362,9 +413,7 @@ impl Driver {
         if self.used_idx() == self.last_used {
             return None;
         }
-        let at = self.used.0 + 4 + 8 * u64::from(self.last_used % self.size);
-        let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
-        let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
+        let (id, len) = self.ring.used_entry(&self.mem, self.last_used).unwrap();
         self.last_used = self.last_used.wrapping_add(1);
         let head = id as u16;
         if let Some(indices) = self.chains.remove(&head) {
@@ -403,15 +452,14 @@ impl Driver {
 
     /// Sets `used_event` (EVENT_IDX): interrupt only once the used index
     /// passes `idx`.
-    pub fn set_used_event(&self, idx: u16) {
-        let at = self.avail.0 + 4 + 2 * u64::from(self.size);
-        self.mem.write_obj(idx, GuestAddress(at)).unwrap();
+    pub fn set_used_event(&mut self, idx: u16) {
+        let at = self.ring.used_event();
+        assert!(self.mem.put_index(at, idx));
     }
 
     /// `avail_event` (EVENT_IDX) as the device wrote it.
     pub fn avail_event(&self) -> u16 {
-        let at = self.used.0 + 4 + 8 * u64::from(self.size);
-        self.mem.read_obj(GuestAddress(at)).unwrap()
+        self.mem.get_index(self.ring.avail_event()).unwrap()
     }
 
     /// The status byte of `req`.

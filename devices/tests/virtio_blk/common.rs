@@ -17,7 +17,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 pub use virtio_bindings::virtio_blk::*;
 pub use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
-pub use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+pub use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
 /// Guest RAM of every rig.
 pub const MEM_SIZE: u64 = 0x40_0000;
@@ -55,6 +55,8 @@ pub struct Opts {
     pub sectors: u64,
     /// The I/O thread's poll window.
     pub poll_max: Duration,
+    /// The host's logical block as the disk is forced to see it.
+    pub block_size: u32,
 }
 
 impl Default for Opts {
@@ -66,6 +68,7 @@ impl Default for Opts {
             engine: None,
             sectors: SECTORS,
             poll_max: DEFAULT_POLL_MAX,
+            block_size: 512,
         }
     }
 }
@@ -95,7 +98,7 @@ pub fn rig(opts: Opts) -> Option<Rig> {
         read_only: opts.read_only,
         engine: opts.engine,
     };
-    let disk = match Disk::open(&cfg) {
+    let disk = match Disk::open_with_alignment(&cfg, 1, opts.block_size) {
         Ok(d) => d,
         Err(e @ (BlockError::DirectIoUnsupported { .. } | BlockError::Engine(_))) => {
             eprintln!("SKIP: {e}");

@@ -5,5 +5,6 @@
 mod cache;
 mod common;
 mod fuzz;
+mod layouts;
 mod requests;
 mod transport;

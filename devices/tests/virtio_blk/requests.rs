@@ -373,10 +373,16 @@ fn invalid_requests_get_ioerr_or_unsupp_and_touch_nothing() {
             vec![Buf::readable(scsi, 16), Buf::writable(s, 1)],
             UNSUPP,
         ));
-        let h2 = hdr(&mut rig, VIRTIO_BLK_T_FLUSH, 0);
+        // §2.7.4.2: device-readable descriptors come first.
+        let h2 = hdr(&mut rig, VIRTIO_BLK_T_IN, 0);
         v.push((
-            "status two bytes",
-            vec![Buf::readable(h2, 16), Buf::writable(s, 2)],
+            "readable after writable",
+            vec![
+                Buf::readable(h2, 16),
+                Buf::writable(d, 512),
+                Buf::readable(h2, 16),
+                Buf::writable(s, 1),
+            ],
             IOERR,
         ));
         v
@@ -439,13 +445,13 @@ fn malformed_chains_need_reset_and_a_reset_recovers() {
     };
     type Craft = fn(&mut Rig);
     let crafts: [(&str, Craft); 6] = [
-        ("header too short", |rig| {
+        ("fewer than 16 readable bytes", |rig| {
             let h = rig.driver.alloc(16);
             let d = rig.driver.alloc(512);
             let s = rig.driver.alloc(1);
             rig.driver.add_chain(&[
                 Buf::readable(h, 8),
-                Buf::readable(d, 512),
+                Buf::writable(d, 512),
                 Buf::writable(s, 1),
             ]);
         }),
@@ -505,4 +511,33 @@ fn malformed_chains_need_reset_and_a_reset_recovers() {
         assert_eq!(rig.read(0, 512), pattern(512), "{what}: after reset");
     }
     assert_eq!(rig.file(), pattern(SECTORS * 512));
+}
+
+#[test]
+fn sub_block_requests_on_a_4096_byte_host_block_in_every_mode() {
+    for cache in CacheMode::ALL {
+        let Some(mut rig) = rig(Opts {
+            cache,
+            block_size: 4096,
+            ..Opts::default()
+        }) else {
+            continue;
+        };
+        rig.init_all();
+        // The guest is told the host block; §5.2.5: units stay 512 bytes.
+        let blk_size = u32::from_le_bytes(rig.driver.read_config(20, 4).try_into().unwrap());
+        assert_eq!(blk_size, 4096, "{cache}");
+        let d = data(1024, 9);
+        rig.write(7, &d); // sectors 7 and 8: across the first block boundary
+        assert_eq!(rig.read(7, 1024), d, "{cache}");
+        assert_eq!(rig.read(1, 512), pattern(1024)[512..].to_vec(), "{cache}");
+        rig.flush();
+        let mut want = pattern(SECTORS * 512);
+        want[7 * 512..9 * 512].copy_from_slice(&d);
+        assert_eq!(rig.file(), want, "{cache}");
+        let json = serde_json::to_value(rig.handle.shutdown()).unwrap();
+        assert_eq!(json["disk"]["read_modify_writes"], 1, "{cache}");
+        assert_eq!(json["disk"]["widened_reads"], 2, "{cache}");
+        assert_eq!(json["disk"]["errors"], 0, "{cache}");
+    }
 }

@@ -19,6 +19,7 @@ fn offers_the_design_features_and_refuses_unoffered_bits() {
         VIRTIO_BLK_F_BLK_SIZE,
         VIRTIO_BLK_F_SEG_MAX,
         VIRTIO_RING_F_EVENT_IDX,
+        VIRTIO_RING_F_INDIRECT_DESC,
     ] {
         assert_ne!(f & bit(b), 0, "feature bit {b} not offered");
     }
@@ -195,4 +196,21 @@ fn narrow_or_unaligned_register_accesses_are_ignored() {
     t.write(0x71, &[1, 0, 0, 0]);
     t.read(0x70, &mut s);
     assert_eq!(s, [0; 4]);
+}
+
+#[test]
+fn a_failed_activation_needs_reset_and_is_counted() {
+    let Some(mut rig) = rig(Opts::default()) else {
+        return;
+    };
+    let f = rig.driver.device_features();
+    assert!(rig.driver.negotiate(f));
+    // DRIVER_OK with queue 0 never made ready: the device cannot start.
+    rig.driver.write32(reg::STATUS, 15);
+    assert!(rig.wait_needs_reset());
+    assert!(wait_for(|| rig.stats().device.activation_failures == 1));
+    // A reset and a proper bring-up recover.
+    rig.init_all();
+    assert_eq!(rig.read(0, 512), pattern(512));
+    assert_eq!(rig.stats().device.activation_failures, 1);
 }

@@ -14,14 +14,15 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vmm_sys_util::eventfd::EventFd;
 
+pub use super::error::{BlockDeviceError, StartHookError, ThreadStart};
+use super::handle::BlockHandle;
 use super::io_thread::{Control, Worker};
 use super::metrics::{BlockReport, Identity};
 use super::poll::DEFAULT_POLL_MAX;
 use super::request::{id_bytes, DiskLimits, SECTOR_SIZE};
-use super::BlockHandle;
 use crate::virtio::mmio::MmioTransport;
 use crate::virtio::{ActivateContext, ActivateError, VirtioDevice};
 
@@ -48,34 +49,18 @@ const WRITE_ZEROES_MAY_UNMAP: usize = 56;
 /// (secure erase, zoned).
 pub const CONFIG_LEN: usize = 60;
 
-/// Why a block device could not be created.
-#[derive(Debug, thiserror::Error)]
-pub enum BlockDeviceError {
-    /// An eventfd or the epoll instance could not be created.
-    #[error("cannot create the virtio-blk event plumbing: {0}")]
-    Events(std::io::Error),
-    /// The I/O thread could not be started.
-    #[error("cannot start the virtio-blk I/O thread: {0}")]
-    Spawn(std::io::Error),
-    /// The I/O thread's start hook failed (e.g. its seccomp filter).
-    #[error("the virtio-blk I/O thread could not start: {0}")]
-    ThreadStart(String),
-}
-
-/// Runs first on the device's I/O thread, before it serves anything (the
-/// VMM installs the thread's seccomp filter here). An error stops the
-/// thread and fails [`BlockDevice::with_options`].
-pub type ThreadStart = Box<dyn FnOnce() -> Result<(), String> + Send>;
-
 /// The features a disk gets (DESIGN.md "Cache modes": VERSION_1, FLUSH and
 /// CONFIG_WCE always; RO, DISCARD, WRITE_ZEROES as the disk allows).
+/// INDIRECT_DESC lets a driver put a large request in one ring entry
+/// (virtio-queue walks the tables; §2.7.5.3).
 pub fn features_for(disk: &Disk) -> u64 {
     let mut f = (1u64 << VIRTIO_F_VERSION_1)
         | (1 << VIRTIO_BLK_F_FLUSH)
         | (1 << VIRTIO_BLK_F_CONFIG_WCE)
         | (1 << VIRTIO_BLK_F_BLK_SIZE)
         | (1 << VIRTIO_BLK_F_SEG_MAX)
-        | (1 << VIRTIO_RING_F_EVENT_IDX);
+        | (1 << VIRTIO_RING_F_EVENT_IDX)
+        | (1 << VIRTIO_RING_F_INDIRECT_DESC);
     if disk.read_only() {
         f |= 1 << VIRTIO_BLK_F_RO;
     }
@@ -304,11 +289,12 @@ impl VirtioDevice for BlockDevice {
     }
 
     fn activate(&mut self, ctx: ActivateContext) -> Result<(), ActivateError> {
+        let got = ctx.queues.len();
         let queue = ctx
             .queues
             .into_iter()
             .next()
-            .ok_or_else(|| ActivateError::Backend("no request queue".into()))?;
+            .ok_or(ActivateError::MissingQueue { wanted: 1, got })?;
         let reply = self
             .worker
             .request(|reply| Control::Activate {
@@ -319,8 +305,12 @@ impl VirtioDevice for BlockDevice {
                 reply,
             })
             .ok_or(ActivateError::WorkerGone)?;
-        self.write_cache = reply.map_err(ActivateError::Backend)?;
+        self.write_cache = reply?;
         Ok(())
+    }
+
+    fn activation_failed(&mut self, _error: &(dyn std::error::Error + 'static)) {
+        self.worker.post(Control::ActivationFailed);
     }
 
     fn reset(&mut self) {
@@ -375,9 +365,9 @@ mod tests {
     #[test]
     fn a_failing_start_hook_fails_the_device() {
         let dir = tempfile::tempdir().unwrap();
-        let hook: ThreadStart = Box::new(|| Err("no filter".to_string()));
+        let hook: ThreadStart = Box::new(|| Err("no filter".into()));
         match BlockDevice::with_options(disk(dir.path()), with_hook(hook)) {
-            Err(BlockDeviceError::ThreadStart(why)) => assert_eq!(why, "no filter"),
+            Err(BlockDeviceError::ThreadStart(why)) => assert_eq!(why.to_string(), "no filter"),
             Err(e) => panic!("unexpected error {e}"),
             Ok(_) => panic!("the device started"),
         }

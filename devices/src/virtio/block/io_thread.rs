@@ -21,20 +21,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use block::{CacheMode, Completion, Disk, Op, Segment};
-use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_S_UNSUPP,
-};
+use block::{CacheMode, Completion, Disk, Op};
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_S_UNSUPP};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::device::{BlockDeviceError, ThreadStart};
+use super::error::{BlockDeviceError, ThreadStart};
 use super::metrics::{BlockReport, DeviceCounters, Identity, Live};
 use super::request::{
-    write_id, DiskLimits, Finished, GuestRange, InFlight, ParseError, Request, RequestError,
-    RequestKind, ID_BYTES, SECTOR_SIZE,
+    DiskLimits, Finished, InFlight, ParseError, Request, RequestError, Submitted, ID_BYTES,
 };
 use crate::virtio::VirtioInterrupt;
 
@@ -53,8 +50,10 @@ pub(crate) enum Control {
         queue: Queue,
         features: u64,
         interrupt: Arc<VirtioInterrupt>,
-        reply: Sender<Result<bool, String>>,
+        reply: Sender<Result<bool, block::BlockError>>,
     },
+    /// DRIVER_OK failed (the transport logged why): count it.
+    ActivationFailed,
     /// Device reset: drain, forget the queue, restore the mode's WCE.
     Reset { reply: Sender<bool> },
     /// The driver wrote the `writeback` byte.
@@ -131,24 +130,7 @@ impl Worker {
             completions: Vec::new(),
             finished: Vec::new(),
         };
-        let (started_tx, started) = mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("ferrite-blk".into())
-            .spawn(move || {
-                let ok = start.map_or(Ok(()), |start| start());
-                let go = ok.is_ok();
-                let _ = started_tx.send(ok);
-                if go {
-                    io.run();
-                }
-            })
-            .map_err(BlockDeviceError::Spawn)?;
-        // The hook runs before the thread touches anything the guest sends.
-        match started.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(why)) => return Err(BlockDeviceError::ThreadStart(why)),
-            Err(_) => return Err(BlockDeviceError::ThreadStart("the thread died".into())),
-        }
+        let thread = start_thread(io, start)?;
         Ok(Arc::new(Worker {
             tx,
             wake,
@@ -156,6 +138,14 @@ impl Worker {
             live,
             thread: Mutex::new(Some(thread)),
         }))
+    }
+
+    /// Sends a message that needs no answer (dropped if the thread is gone).
+    pub(crate) fn post(&self, msg: Control) {
+        if self.tx.send(msg).is_ok() {
+            // A full counter means a wake-up is pending anyway.
+            let _ = self.wake.write(1);
+        }
     }
 
     /// Sends a message and waits for its answer; None once the thread is gone.
@@ -192,6 +182,32 @@ impl Worker {
         }
         drop(thread);
         self.report()
+    }
+}
+
+/// Starts `io` on a thread of its own once `start` has run there; fails
+/// if the hook fails. The hook runs before the thread touches anything the
+/// guest sends.
+fn start_thread(
+    io: IoThread,
+    start: Option<ThreadStart>,
+) -> Result<JoinHandle<()>, BlockDeviceError> {
+    let (started_tx, started) = mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("ferrite-blk".into())
+        .spawn(move || {
+            let ok = start.map_or(Ok(()), |start| start());
+            let go = ok.is_ok();
+            let _ = started_tx.send(ok);
+            if go {
+                io.run();
+            }
+        })
+        .map_err(BlockDeviceError::Spawn)?;
+    match started.recv() {
+        Ok(Ok(())) => Ok(thread),
+        Ok(Err(why)) => Err(BlockDeviceError::ThreadStart(why)),
+        Err(_) => Err(BlockDeviceError::ThreadDied),
     }
 }
 
@@ -383,6 +399,10 @@ impl IoThread {
                     self.publish();
                     let _ = reply.send(self.disk.write_cache());
                 }
+                Control::ActivationFailed => {
+                    self.counters.activation_failures += 1;
+                    self.publish();
+                }
                 Control::Stop => return Flow::Stop,
             }
         }
@@ -394,15 +414,13 @@ impl IoThread {
         queue: Queue,
         features: u64,
         interrupt: Arc<VirtioInterrupt>,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, block::BlockError> {
         self.drop_queue();
-        // DESIGN.md: a driver that negotiates neither FLUSH nor CONFIG_WCE
-        // cannot flush, so its writes must be durable when they complete.
-        let flush_bits = (1 << VIRTIO_BLK_F_FLUSH) | (1 << VIRTIO_BLK_F_CONFIG_WCE);
-        if features & flush_bits == 0 {
-            self.disk
-                .set_write_cache(false)
-                .map_err(|e| e.to_string())?;
+        // §5.2.5.2: with CONFIG_WCE but not FLUSH the device MUST start
+        // with writeback 0; without either, the driver cannot flush at all.
+        // Either way its writes must be durable when they complete.
+        if features & (1 << VIRTIO_BLK_F_FLUSH) == 0 {
+            self.disk.set_write_cache(false)?;
         }
         self.features = features;
         self.active = Some(Active {
@@ -556,56 +574,26 @@ impl IoThread {
 
     /// Starts one parsed request; returns 1 if it went to the disk.
     fn start(&mut self, request: Request) -> usize {
-        let Some(act) = self.active.as_mut() else {
-            return 0;
+        let (Some(act), Some(&slot)) = (self.active.as_ref(), self.free.last()) else {
+            return 0; // `fill` pops only while a slot is free
         };
-        let (kind, in_flight) = request.begin();
-        let op = match to_op(kind, &act.mem, &self.id) {
-            Ok(Some(op)) => op,
-            // Answered without the disk (GET_ID, empty transfers).
-            Ok(None) => return self.finish_now(in_flight, Ok(())),
-            Err(e) => return self.finish_now(in_flight, Err(e)),
-        };
-        let Some(slot) = self.free.pop() else {
-            return self.finish_now(
-                in_flight,
-                Err(RequestError::Io(block::BlockError::QueueFull {
-                    depth: self.slots.len(),
-                })),
-            );
-        };
-        // SAFETY: every segment of `op` was made by `to_op` from guest
-        // ranges that `Request::parse` checked to lie inside `act.mem`, so
-        // each points into a mapped guest RAM region (readable and
-        // writable), valid for its length. `act.mem` holds the regions'
-        // mappings and is dropped only after `disk.wait_idle` (reset,
-        // shutdown), i.e. after this operation's completion. The device does
-        // not touch these buffers until then; the guest may, as with DMA on
-        // real hardware, but guest memory is only ever accessed through raw
-        // pointers and volatile copies, never Rust references.
-        match unsafe { self.disk.submit(op, slot as u64) } {
-            Ok(()) => {
+        // SAFETY: `act.mem` is what the request was parsed against; it is
+        // dropped only after `disk.wait_idle` (reset, shutdown), i.e. after
+        // this request's completion.
+        match unsafe { request.submit(&act.mem, &self.id, &mut self.disk, slot as u64) } {
+            Submitted::InFlight(in_flight) => {
+                self.free.pop();
                 self.slots[slot] = Some(in_flight);
                 1
             }
-            // The disk refused it (e.g. misaligned for its block size):
-            // the request comes back with the error and is answered once.
-            Err(e) => {
-                self.free.push(slot);
-                self.finish_now(in_flight, Err(RequestError::Io(e)))
+            Submitted::Answered { finished, failed } => {
+                if failed {
+                    self.counters.io_errors += 1;
+                }
+                self.finished.push(finished);
+                0
             }
         }
-    }
-
-    fn finish_now(&mut self, in_flight: InFlight, result: Result<(), RequestError>) -> usize {
-        if let Some(act) = self.active.as_mut() {
-            if result.is_err() {
-                self.counters.io_errors += 1;
-            }
-            self.finished
-                .push(in_flight.finish(&act.mem, result.as_ref().map(|_| ())));
-        }
-        0
     }
 
     /// One interrupt for the batch, unless EVENT_IDX says the driver does
@@ -650,72 +638,4 @@ fn needs_reset(act: &mut Active, counters: &mut DeviceCounters) {
         counters.needs_reset += 1;
         let _ = act.interrupt.set_needs_reset();
     }
-}
-
-/// Turns a parsed request into a disk operation, or answers it in guest
-/// memory (Ok(None)) when the disk is not needed.
-fn to_op(
-    kind: RequestKind,
-    mem: &GuestMemoryMmap,
-    id: &[u8; ID_BYTES],
-) -> Result<Option<Op>, RequestError> {
-    Ok(Some(match kind {
-        RequestKind::Read { sector, data } => {
-            let segments = segments(mem, &data)?;
-            if segments.is_empty() {
-                return Ok(None);
-            }
-            Op::Read {
-                offset: sector * SECTOR_SIZE,
-                segments,
-            }
-        }
-        RequestKind::Write { sector, data } => {
-            let segments = segments(mem, &data)?;
-            if segments.is_empty() {
-                return Ok(None);
-            }
-            Op::Write {
-                offset: sector * SECTOR_SIZE,
-                segments,
-            }
-        }
-        RequestKind::Flush => Op::Flush,
-        RequestKind::GetId { data } => {
-            write_id(mem, &data, id)?;
-            return Ok(None);
-        }
-        RequestKind::Discard { sector, sectors } => Op::Discard {
-            offset: sector * SECTOR_SIZE,
-            len: u64::from(sectors) * SECTOR_SIZE,
-        },
-        RequestKind::WriteZeroes {
-            sector,
-            sectors,
-            may_unmap,
-        } => Op::WriteZeroes {
-            offset: sector * SECTOR_SIZE,
-            len: u64::from(sectors) * SECTOR_SIZE,
-            may_unmap,
-        },
-    }))
-}
-
-/// Host segments for guest ranges (a range crossing a region boundary
-/// becomes several segments).
-fn segments(mem: &GuestMemoryMmap, data: &[GuestRange]) -> Result<Vec<Segment>, RequestError> {
-    let mut out = Vec::with_capacity(data.len());
-    for r in data.iter().filter(|r| r.len > 0) {
-        for slice in GuestMemoryBackend::get_slices(mem, r.addr, r.len as usize) {
-            let slice = slice.map_err(|_| RequestError::GuestMemory(r.addr.0))?;
-            // For the plain mmap backend the guard is just the pointer; the
-            // mapping is kept alive by `mem` (see the SAFETY of `submit`).
-            let guard = slice.ptr_guard_mut();
-            out.push(Segment {
-                addr: guard.as_ptr(),
-                len: guard.len(),
-            });
-        }
-    }
-    Ok(out)
 }

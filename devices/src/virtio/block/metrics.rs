@@ -7,15 +7,17 @@
 //!   "cache": "writethrough",
 //!   "read_only": false,
 //!   "engine": "io_uring",
-//!   "features": "0x120006a44",
+//!   "features": "0x130006a44",
 //!   "write_cache": false,
 //!   "block_size": 512,
 //!   "disk": {"reads":12,"writes":40,"flushes":3,"discards":0,"write_zeroes":1,
 //!            "bytes_read":49152,"bytes_written":163840,"host_syncs":43,
-//!            "fdatasyncs":3,"dsync_writes":40,"bounced":2,"errors":0},
+//!            "fdatasyncs":3,"dsync_writes":40,"bounced":2,"widened_reads":0,
+//!            "read_modify_writes":0,"errors":0},
 //!   "device": {"requests":59,"bad_requests":0,"unsupported":1,"needs_reset":0,
 //!              "io_errors":0,"interrupts":50,"interrupts_suppressed":2,
-//!              "throttled":0,"resets":1,"write_cache_changes":0}
+//!              "throttled":0,"resets":1,"write_cache_changes":0,
+//!              "activation_failures":0}
 //! }
 //! ```
 //!
@@ -56,6 +58,10 @@ pub struct DeviceCounters {
     pub resets: u64,
     /// Changes of the `writeback` config byte by the driver.
     pub write_cache_changes: u64,
+    /// DRIVER_OKs that failed (queue setup refused, or the disk could not
+    /// apply the negotiated features): each left the device in
+    /// DEVICE_NEEDS_RESET and was logged on stderr.
+    pub activation_failures: u64,
 }
 
 /// Everything known about one virtio-blk device (see the module doc for
@@ -167,6 +173,7 @@ mod tests {
         assert_eq!(
             device,
             [
+                "activation_failures",
                 "bad_requests",
                 "interrupts",
                 "interrupts_suppressed",

@@ -11,20 +11,27 @@
 //! consumes the in-flight value, so the status byte is written exactly once
 //! whether the engine succeeded, failed, or the request was refused.
 //!
-//! Framing: like Linux, Firecracker and Cloud Hypervisor's drivers expect,
-//! the header is the first descriptor (16 bytes, device-readable) and the
-//! status byte the last (1 byte, device-writable), with the data in between.
+//! Framing: any layout §2.7.4.1 allows. The header is the first 16
+//! device-readable bytes of the chain, the status byte the last byte of its
+//! last (device-writable) descriptor, the data what lies between; each may
+//! share a descriptor with its neighbour or be split across several. Linux
+//! puts each in descriptors of its own; QEMU's tests merge header and data,
+//! or data and status, and this parser reads all of them the same way.
 
 use std::ops::Deref;
 
+use block::{Disk, Op, Segment};
+
+pub use super::error::{ChainError, RequestError};
+
 use virtio_bindings::virtio_blk::{
-    VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
-    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
-    VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+    VIRTIO_BLK_S_OK, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
+    VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+    VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap};
 
 /// Bytes per virtio-blk sector, whatever the disk's logical block size.
 pub const SECTOR_SIZE: u64 = 512;
@@ -106,140 +113,6 @@ pub enum RequestKind {
 /// Total length of `ranges`.
 pub fn total_len(ranges: &[GuestRange]) -> u64 {
     ranges.iter().map(|r| u64::from(r.len)).sum()
-}
-
-/// A chain the device cannot even answer: no status byte to write, or a
-/// descriptor it must not touch. The device then needs a reset.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum ChainError {
-    /// The head index yields no descriptor (out of the table, or the table
-    /// is unreadable).
-    #[error("the chain has no descriptor")]
-    Empty,
-    /// The chain loops, is longer than the queue, leaves the table, or has a
-    /// bad indirect table: the last descriptor read still says NEXT.
-    #[error(
-        "the chain is cut off after {descriptors} descriptors (loop, too long, or bad next index)"
-    )]
-    Truncated {
-        /// Descriptors read before the chain broke.
-        descriptors: usize,
-    },
-    /// A descriptor points outside guest memory.
-    #[error("descriptor {addr:#x}+{len:#x} lies outside guest memory")]
-    OutsideMemory {
-        /// Guest address of the buffer.
-        addr: u64,
-        /// Its length.
-        len: u32,
-    },
-    /// The last descriptor is device-readable, so there is no status byte.
-    #[error("the last descriptor is not device-writable, so there is no status byte")]
-    StatusNotWritable,
-    /// The last descriptor has no bytes.
-    #[error("the status descriptor is empty")]
-    StatusEmpty,
-    /// The chain does not start with the 16 device-readable bytes of the
-    /// request header (missing, device-writable, or shorter): the device
-    /// cannot tell what was asked, so it cannot answer (QEMU treats this
-    /// as a virtio error too, which sets DEVICE_NEEDS_RESET).
-    #[error("the request header is {len} device-readable bytes, not 16")]
-    ShortHeader {
-        /// Device-readable bytes in the first descriptor (0 when missing or
-        /// device-writable).
-        len: u32,
-    },
-}
-
-/// Why a well-framed request is refused or failed; [`RequestError::status`]
-/// is what the guest reads in the status byte.
-#[derive(Debug, thiserror::Error)]
-pub enum RequestError {
-    /// The first descriptor holds more than the 16-byte header (data in the
-    /// same buffer: a layout this device does not accept).
-    #[error("the header descriptor is {len} bytes, not 16")]
-    HeaderLength {
-        /// Its length.
-        len: u32,
-    },
-    /// The status descriptor is longer than one byte.
-    #[error("the status descriptor is {len} bytes, not 1")]
-    StatusLength {
-        /// Its length.
-        len: u32,
-    },
-    /// A data descriptor points the wrong way for the request type.
-    #[error("data descriptor at {addr:#x} is {found}, the request needs {wanted}")]
-    DataDirection {
-        /// Guest address of the buffer.
-        addr: u64,
-        /// "device-readable" or "device-writable".
-        found: &'static str,
-        /// The direction the request type needs.
-        wanted: &'static str,
-    },
-    /// IN/OUT data not a whole number of sectors.
-    #[error("data length {len} is not a multiple of 512")]
-    DataNotSectorMultiple {
-        /// Total data length.
-        len: u64,
-    },
-    /// The sector range runs past the end of the disk.
-    #[error("sectors {sector}+{sectors} run past the capacity of {capacity} sectors")]
-    OutOfRange {
-        /// First sector.
-        sector: u64,
-        /// Number of sectors.
-        sectors: u64,
-        /// Capacity in sectors.
-        capacity: u64,
-    },
-    /// A write, discard or write-zeroes to a read-only disk.
-    #[error("the disk is read-only")]
-    ReadOnly,
-    /// A request type the device does not implement or offer.
-    #[error("request type {0} is not supported")]
-    Unsupported(u32),
-    /// A discard/write-zeroes segment with a flag the device must refuse.
-    #[error("segment flags {0:#x} are not supported")]
-    UnsupportedFlags(u32),
-    /// Segment data not a whole number of 16-byte segments, or more segments
-    /// than `max_*_seg`.
-    #[error("{len} bytes of segments (at most {max} segments of 16 bytes)")]
-    SegmentCount {
-        /// Total segment data length.
-        len: u64,
-        /// Segments allowed.
-        max: u32,
-    },
-    /// A segment larger than `max_*_sectors`.
-    #[error("segment of {sectors} sectors exceeds the limit of {max}")]
-    SegmentTooLarge {
-        /// Sectors asked for.
-        sectors: u32,
-        /// The limit.
-        max: u32,
-    },
-    /// Guest memory could not be read or written (it was checked, so this
-    /// means the guest changed a buffer under the device's feet).
-    #[error("guest memory access at {0:#x} failed")]
-    GuestMemory(u64),
-    /// The disk refused the operation or the host I/O failed.
-    #[error("{0}")]
-    Io(block::BlockError),
-}
-
-impl RequestError {
-    /// The virtio status byte for this error (§5.2.6: UNSUPP for what the
-    /// device does not support, IOERR for everything else).
-    pub fn status(&self) -> u8 {
-        match self {
-            RequestError::Unsupported(_) | RequestError::UnsupportedFlags(_) => {
-                VIRTIO_BLK_S_UNSUPP as u8
-            }
-            _ => VIRTIO_BLK_S_IOERR as u8,
-        }
-    }
 }
 
 /// Why [`Request::parse`] gave no request.
@@ -358,7 +231,14 @@ impl Request {
         )
     }
 
-    /// Parses and checks one descriptor chain.
+    /// Parses and checks one descriptor chain, whatever its layout.
+    ///
+    /// §2.7.4.1: the device MUST NOT assume a particular arrangement of
+    /// descriptors. The chain is read as two byte streams, its
+    /// device-readable bytes and its device-writable bytes, in order: the
+    /// header is the first 16 readable bytes, the status the last byte of
+    /// the last (writable) descriptor, and the data whatever lies between,
+    /// however the driver split or merged them.
     pub fn parse<M>(
         chain: DescriptorChain<M>,
         mem: &GuestMemoryMmap,
@@ -371,86 +251,272 @@ impl Request {
         let head = chain.head_index();
         let malformed = |reason| ParseError::Malformed { head, reason };
         let descs: Vec<Descriptor> = chain.collect();
-
-        // virtio-queue ends the iteration silently on a loop, a chain longer
-        // than the queue (§2.7.5.2: the driver MUST NOT create a loop; the
-        // device MUST handle it), a next index past the table, an unreadable
-        // descriptor, or a bad indirect table; in each case the last
-        // descriptor read still has NEXT set.
-        let last = *descs.last().ok_or_else(|| malformed(ChainError::Empty))?;
-        if last.has_next() {
-            return Err(malformed(ChainError::Truncated {
-                descriptors: descs.len(),
+        let status = check_chain(&descs, mem).map_err(malformed)?;
+        let slot = StatusSlot { head, addr: status };
+        let streams = Streams::of(&descs);
+        // §5.2.6: without the 16-byte header nothing can be answered (the
+        // device cannot tell what was asked; QEMU calls it a virtio error).
+        let readable = total_len(&streams.readable);
+        if readable < u64::from(HEADER_LEN) {
+            return Err(malformed(ChainError::ShortHeader {
+                len: readable as u32,
             }));
         }
-        // Every buffer must lie in guest memory before anything is read or
-        // written (DESIGN.md "Requests"; the device may touch nothing else).
-        // An empty one must still start in it: vm-memory's range check
-        // finds nothing to refuse in zero bytes, wherever they are.
-        for d in &descs {
-            let inside = if d.len() == 0 {
-                mem.address_in_range(d.addr())
-            } else {
-                GuestMemoryBackend::check_range(mem, d.addr(), d.len() as usize)
-            };
-            if !inside {
-                return Err(malformed(ChainError::OutsideMemory {
-                    addr: d.addr().0,
-                    len: d.len(),
-                }));
-            }
-        }
-        // §5.2.6: the status byte is the last, device-writable byte of the
-        // chain; §2.7.5.1: the device MUST NOT write a device-readable buffer.
-        if !last.is_write_only() {
-            return Err(malformed(ChainError::StatusNotWritable));
-        }
-        if last.len() == 0 {
-            return Err(malformed(ChainError::StatusEmpty));
-        }
-        let slot = StatusSlot {
-            head,
-            // In memory: checked above, and len >= 1.
-            addr: GuestAddress(last.addr().0 + u64::from(last.len()) - 1),
-        };
-        // §5.2.6: without the 16-byte header nothing can be answered.
-        let header_len = match descs.first() {
-            Some(first) if descs.len() > 1 && !first.is_write_only() => first.len(),
-            _ => 0,
-        };
-        if header_len < HEADER_LEN {
-            return Err(malformed(ChainError::ShortHeader { len: header_len }));
-        }
-        match parse_framed(&descs, mem, limits) {
+        match parse_streams(&streams, mem, limits) {
             Ok(kind) => Ok(Request { kind, slot }),
             Err(reason) => Err(ParseError::Refused { slot, reason }),
         }
     }
 }
 
-/// Checks a chain whose status byte is known good.
-fn parse_framed(
-    descs: &[Descriptor],
+/// What became of a request handed to [`Request::submit`].
+#[derive(Debug)]
+pub enum Submitted {
+    /// On the disk under the given tag: finish it when that completion
+    /// comes back.
+    InFlight(InFlight),
+    /// Answered without the disk: GET_ID, an empty transfer, or an
+    /// operation the disk refused (`failed`).
+    Answered {
+        /// The used-ring entry.
+        finished: Finished,
+        /// It was answered IOERR.
+        failed: bool,
+    },
+}
+
+impl Request {
+    /// Turns the request into a block operation and submits it to `disk`
+    /// tagged `tag` (GET_ID is answered here, from `id`). The status byte
+    /// is written now if the request does not reach the disk, else by
+    /// [`InFlight::finish`] once its completion is back.
+    ///
+    /// # Safety
+    /// `mem` must be the guest memory the request was parsed against, and
+    /// its mappings must stay alive until `disk` has returned the
+    /// completion tagged `tag` (`Disk::submit`'s contract).
+    pub unsafe fn submit(
+        self,
+        mem: &GuestMemoryMmap,
+        id: &[u8; ID_BYTES],
+        disk: &mut Disk,
+        tag: u64,
+    ) -> Submitted {
+        let (kind, in_flight) = self.begin();
+        let answered = |in_flight: InFlight, result: Result<(), RequestError>| {
+            let finished = in_flight.finish(mem, result.as_ref().map(|_| ()));
+            Submitted::Answered {
+                finished,
+                failed: result.is_err(),
+            }
+        };
+        let op = match to_op(kind, mem, id) {
+            Ok(Some(op)) => op,
+            Ok(None) => return answered(in_flight, Ok(())),
+            Err(e) => return answered(in_flight, Err(e)),
+        };
+        // SAFETY: every segment of `op` was made by `to_op` from ranges
+        // `parse` proved to lie inside `mem`, so each points into mapped
+        // guest RAM (readable and writable), valid for its length; the
+        // caller keeps the mappings alive until the completion. The device
+        // does not touch these buffers meanwhile; the guest may, as with
+        // DMA on real hardware, but guest memory is only ever accessed
+        // through raw pointers and volatile copies, never Rust references.
+        match unsafe { disk.submit(op, tag) } {
+            Ok(()) => Submitted::InFlight(in_flight),
+            // The disk refused it: it comes back with the error and is
+            // answered once.
+            Err(e) => answered(in_flight, Err(RequestError::Io(e))),
+        }
+    }
+}
+
+/// Turns a parsed request into a disk operation, or answers it in guest
+/// memory (Ok(None)) when the disk is not needed.
+fn to_op(
+    kind: RequestKind,
+    mem: &GuestMemoryMmap,
+    id: &[u8; ID_BYTES],
+) -> Result<Option<Op>, RequestError> {
+    let bytes = |sector: u64| sector * SECTOR_SIZE;
+    Ok(Some(match kind {
+        RequestKind::Read { sector, data } => match segments(mem, &data)? {
+            s if s.is_empty() => return Ok(None),
+            segments => Op::Read {
+                offset: bytes(sector),
+                segments,
+            },
+        },
+        RequestKind::Write { sector, data } => match segments(mem, &data)? {
+            s if s.is_empty() => return Ok(None),
+            segments => Op::Write {
+                offset: bytes(sector),
+                segments,
+            },
+        },
+        RequestKind::Flush => Op::Flush,
+        RequestKind::GetId { data } => {
+            write_id(mem, &data, id)?;
+            return Ok(None);
+        }
+        RequestKind::Discard { sector, sectors } => Op::Discard {
+            offset: bytes(sector),
+            len: bytes(u64::from(sectors)),
+        },
+        RequestKind::WriteZeroes {
+            sector,
+            sectors,
+            may_unmap,
+        } => Op::WriteZeroes {
+            offset: bytes(sector),
+            len: bytes(u64::from(sectors)),
+            may_unmap,
+        },
+    }))
+}
+
+/// Host segments for guest ranges (a range crossing a region boundary
+/// becomes several segments).
+fn segments(mem: &GuestMemoryMmap, data: &[GuestRange]) -> Result<Vec<Segment>, RequestError> {
+    let mut out = Vec::with_capacity(data.len());
+    for r in data.iter().filter(|r| r.len > 0) {
+        for slice in GuestMemoryBackend::get_slices(mem, r.addr, r.len as usize) {
+            let slice = slice.map_err(|_| RequestError::GuestMemory(r.addr.0))?;
+            // For the plain mmap backend the guard is just the pointer; the
+            // mapping is kept alive by `mem` (see `Request::submit`).
+            let guard = slice.ptr_guard_mut();
+            out.push(Segment {
+                addr: guard.as_ptr(),
+                len: guard.len(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The checks that decide whether the chain can be answered at all;
+/// returns the address of its status byte.
+fn check_chain(descs: &[Descriptor], mem: &GuestMemoryMmap) -> Result<GuestAddress, ChainError> {
+    // virtio-queue ends the iteration silently on a loop, a chain longer
+    // than the queue (§2.7.5.2: the driver MUST NOT create a loop; the
+    // device MUST handle it), a next index past the table, an unreadable
+    // descriptor, or a bad indirect table (§2.7.5.3.2); in each case the
+    // last descriptor read still has NEXT set.
+    let last = *descs.last().ok_or(ChainError::Empty)?;
+    if last.has_next() {
+        return Err(ChainError::Truncated {
+            descriptors: descs.len(),
+        });
+    }
+    // Every buffer must lie in guest memory before anything is read or
+    // written (DESIGN.md "Requests"; the device may touch nothing else).
+    // An empty one must still start in it: vm-memory's range check finds
+    // nothing to refuse in zero bytes, wherever they are.
+    for d in descs {
+        let inside = if d.len() == 0 {
+            mem.address_in_range(d.addr())
+        } else {
+            GuestMemoryBackend::check_range(mem, d.addr(), d.len() as usize)
+        };
+        if !inside {
+            return Err(ChainError::OutsideMemory {
+                addr: d.addr().0,
+                len: d.len(),
+            });
+        }
+    }
+    // §5.2.6: the status byte is the last byte of the chain, written by
+    // the device; §2.7.5.1: the device MUST NOT write a device-readable
+    // buffer. It is the last byte of the last descriptor, however long.
+    if !last.is_write_only() {
+        return Err(ChainError::StatusNotWritable);
+    }
+    if last.len() == 0 {
+        return Err(ChainError::StatusEmpty);
+    }
+    // In memory: checked above, and len >= 1.
+    Ok(GuestAddress(last.addr().0 + u64::from(last.len()) - 1))
+}
+
+/// A chain as the two byte streams §2.7.4.2 makes of it.
+struct Streams {
+    /// Device-readable buffers in order: the header, then OUT data or
+    /// discard/write-zeroes segments.
+    readable: Vec<GuestRange>,
+    /// Device-writable buffers in order: IN data or the GET_ID answer,
+    /// then the status byte.
+    writable: Vec<GuestRange>,
+    /// The first device-readable buffer that follows a device-writable one.
+    misplaced: Option<GuestAddress>,
+}
+
+impl Streams {
+    fn of(descs: &[Descriptor]) -> Streams {
+        let mut s = Streams {
+            readable: Vec::new(),
+            writable: Vec::new(),
+            misplaced: None,
+        };
+        for d in descs {
+            let range = GuestRange {
+                addr: d.addr(),
+                len: d.len(),
+            };
+            if d.is_write_only() {
+                s.writable.push(range);
+            } else {
+                if !s.writable.is_empty() && s.misplaced.is_none() {
+                    s.misplaced = Some(d.addr());
+                }
+                s.readable.push(range);
+            }
+        }
+        s
+    }
+
+    /// Readable bytes after the 16-byte header.
+    fn readable_data(&self) -> Vec<GuestRange> {
+        sub_ranges(&self.readable, u64::from(HEADER_LEN), 0)
+    }
+
+    /// Writable bytes before the status byte.
+    fn writable_data(&self) -> Vec<GuestRange> {
+        sub_ranges(&self.writable, 0, 1)
+    }
+}
+
+/// The bytes of `ranges` from byte `skip` on, without the last `trim`
+/// bytes, as ranges (empty pieces left out).
+fn sub_ranges(ranges: &[GuestRange], skip: u64, trim: u64) -> Vec<GuestRange> {
+    let end = total_len(ranges).saturating_sub(trim);
+    let mut out = Vec::with_capacity(ranges.len());
+    let mut at = 0u64;
+    for r in ranges {
+        let (start, stop) = (at, at + u64::from(r.len));
+        at = stop;
+        let (from, to) = (start.max(skip), stop.min(end));
+        if from < to {
+            out.push(GuestRange {
+                addr: r.addr.unchecked_add(from - start),
+                len: (to - from) as u32,
+            });
+        }
+    }
+    out
+}
+
+/// Checks a chain whose status byte and header are known to be there.
+fn parse_streams(
+    streams: &Streams,
     mem: &GuestMemoryMmap,
     limits: &DiskLimits,
 ) -> Result<RequestKind, RequestError> {
-    let (status, rest) = descs
-        .split_last()
-        .ok_or(RequestError::HeaderLength { len: 0 })?;
-    // The status byte is exactly one byte (struct virtio_blk_req, §5.2.6).
-    if status.len() != 1 {
-        return Err(RequestError::StatusLength { len: status.len() });
+    // §2.7.4.2: the driver MUST place device-writable descriptors after
+    // device-readable ones; the status byte is there, so say IOERR.
+    if let Some(addr) = streams.misplaced {
+        return Err(RequestError::ReadableAfterWritable { addr: addr.0 });
     }
-    // `parse` checked that a readable header of at least 16 bytes leads.
-    let (header, data) = rest
-        .split_first()
-        .ok_or(RequestError::HeaderLength { len: 0 })?;
-    if header.len() != HEADER_LEN {
-        return Err(RequestError::HeaderLength { len: header.len() });
-    }
-    let mut raw = [0u8; HEADER_LEN as usize];
-    mem.read_slice(&mut raw, header.addr())
-        .map_err(|_| RequestError::GuestMemory(header.addr().0))?;
+    let raw = gather(mem, &streams.readable, HEADER_LEN as usize)?;
     let request_type = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
     let mut sector_bytes = [0u8; 8];
     sector_bytes.copy_from_slice(&raw[8..16]);
@@ -458,7 +524,8 @@ fn parse_framed(
 
     match request_type {
         VIRTIO_BLK_T_IN => {
-            let data = ranges(data, true)?;
+            // §5.2.6: IN data is device-writable.
+            let data = only(streams.writable_data(), streams.readable_data(), true)?;
             check_rw(sector, &data, limits)?;
             Ok(RequestKind::Read { sector, data })
         }
@@ -468,31 +535,18 @@ fn parse_framed(
             if limits.read_only {
                 return Err(RequestError::ReadOnly);
             }
-            let data = ranges(data, false)?;
+            // §5.2.6: OUT data is device-readable.
+            let data = only(streams.readable_data(), streams.writable_data(), false)?;
             check_rw(sector, &data, limits)?;
             Ok(RequestKind::Write { sector, data })
         }
         // Flush carries no data (§5.2.6); stray buffers are not touched.
         VIRTIO_BLK_T_FLUSH => Ok(RequestKind::Flush),
         VIRTIO_BLK_T_GET_ID => Ok(RequestKind::GetId {
-            data: ranges(data, true)?,
+            data: only(streams.writable_data(), streams.readable_data(), true)?,
         }),
         VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
-            let write_zeroes = request_type == VIRTIO_BLK_T_WRITE_ZEROES;
-            // §5.2.6.2 (RO): a read-only device writes nothing; DESIGN.md
-            // answers IOERR whether or not the command is offered.
-            if limits.read_only {
-                return Err(RequestError::ReadOnly);
-            }
-            let offered = if write_zeroes {
-                limits.write_zeroes
-            } else {
-                limits.discard
-            };
-            if !offered {
-                return Err(RequestError::Unsupported(request_type));
-            }
-            parse_zeroing(data, mem, limits, write_zeroes)
+            parse_zeroing(request_type, streams, mem, limits)
         }
         // §5.2.6.2: anything else (SCSI, zoned, secure erase, and discard or
         // write-zeroes when not offered) is answered with UNSUPP.
@@ -500,10 +554,14 @@ fn parse_framed(
     }
 }
 
-/// The data descriptors as guest ranges, all in the direction `writable`
-/// (§2.7.5.1: the device MUST NOT write a device-readable buffer, and
-/// SHOULD NOT read a device-writable one).
-fn ranges(descs: &[Descriptor], writable: bool) -> Result<Vec<GuestRange>, RequestError> {
+/// `data`, if no data byte points the other way (`stray`): §2.7.5.1, the
+/// device MUST NOT write a device-readable buffer, and SHOULD NOT read a
+/// device-writable one; §5.2.6 gives each request type one direction.
+fn only(
+    data: Vec<GuestRange>,
+    stray: Vec<GuestRange>,
+    writable: bool,
+) -> Result<Vec<GuestRange>, RequestError> {
     let name = |w: bool| {
         if w {
             "device-writable"
@@ -511,24 +569,15 @@ fn ranges(descs: &[Descriptor], writable: bool) -> Result<Vec<GuestRange>, Reque
             "device-readable"
         }
     };
-    descs
-        .iter()
-        .map(|d| {
-            if d.is_write_only() != writable {
-                return Err(RequestError::DataDirection {
-                    addr: d.addr().0,
-                    found: name(d.is_write_only()),
-                    wanted: name(writable),
-                });
-            }
-            Ok(GuestRange {
-                addr: d.addr(),
-                len: d.len(),
-            })
-        })
-        .collect()
+    match stray.first() {
+        Some(r) => Err(RequestError::DataDirection {
+            addr: r.addr.0,
+            found: name(!writable),
+            wanted: name(writable),
+        }),
+        None => Ok(data),
+    }
 }
-
 /// §5.2.6.1: IN/OUT data is a multiple of 512 bytes and MUST NOT reach past
 /// the capacity; the device answers a violation with IOERR.
 fn check_rw(sector: u64, data: &[GuestRange], limits: &DiskLimits) -> Result<(), RequestError> {
@@ -553,23 +602,28 @@ fn check_range(sector: u64, sectors: u64, limits: &DiskLimits) -> Result<(), Req
 /// Discard and write-zeroes: segments of `{le64 sector, le32 num_sectors,
 /// le32 flags}` in device-readable data.
 fn parse_zeroing(
-    data: &[Descriptor],
+    request_type: u32,
+    streams: &Streams,
     mem: &GuestMemoryMmap,
     limits: &DiskLimits,
-    write_zeroes: bool,
 ) -> Result<RequestKind, RequestError> {
-    let data = ranges(data, false)?;
-    let len = total_len(&data);
-    // §5.2.6.1: the data is a multiple of the segment size, with at most
-    // max_*_seg segments. ferrite offers one segment, so exactly 16 bytes.
-    let max = limits.max_zeroing_segments;
-    if len == 0
-        || !len.is_multiple_of(u64::from(SEGMENT_LEN))
-        || len / u64::from(SEGMENT_LEN) > u64::from(max)
-    {
-        return Err(RequestError::SegmentCount { len, max });
+    let write_zeroes = request_type == VIRTIO_BLK_T_WRITE_ZEROES;
+    // §5.2.6.2 (RO): a read-only device writes nothing; DESIGN.md answers
+    // IOERR whether or not the command is offered.
+    if limits.read_only {
+        return Err(RequestError::ReadOnly);
     }
-    let raw = gather(mem, &data, SEGMENT_LEN as usize)?;
+    let offered = if write_zeroes {
+        limits.write_zeroes
+    } else {
+        limits.discard
+    };
+    if !offered {
+        return Err(RequestError::Unsupported(request_type));
+    }
+    // §5.2.6: the segments are device-readable.
+    let data = &only(streams.readable_data(), streams.writable_data(), false)?;
+    let raw = first_segment(data, mem, limits)?;
     let sector = u64::from_le_bytes([
         raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7],
     ]);
@@ -601,6 +655,25 @@ fn parse_zeroing(
     } else {
         RequestKind::Discard { sector, sectors }
     })
+}
+
+/// The bytes of the first discard/write-zeroes segment. §5.2.6.1: the data
+/// is a multiple of the segment size, with at most max_*_seg segments
+/// (ferrite offers one, so exactly 16 bytes).
+fn first_segment(
+    data: &[GuestRange],
+    mem: &GuestMemoryMmap,
+    limits: &DiskLimits,
+) -> Result<Vec<u8>, RequestError> {
+    let len = total_len(data);
+    let max = limits.max_zeroing_segments;
+    if len == 0
+        || !len.is_multiple_of(u64::from(SEGMENT_LEN))
+        || len / u64::from(SEGMENT_LEN) > u64::from(max)
+    {
+        return Err(RequestError::SegmentCount { len, max });
+    }
+    gather(mem, data, SEGMENT_LEN as usize)
 }
 
 /// Reads the first `len` bytes spread over `ranges`.

@@ -8,10 +8,13 @@
 //!
 //! It is built to cost little per request: every chain is laid out once
 //! (slot `s` owns descriptors `3s`, `3s+1`, `3s+2` and fixed header, data
-//! and status areas), so a submission writes a header, two descriptor
-//! fields, one ring slot and the available index.
+//! and status areas), so a submission writes a header, the data
+//! descriptor, one ring slot and the available index. The ring is written
+//! through `devices::virtio::split_ring`, as the device tests and the fuzz
+//! targets write theirs.
 
 use std::sync::atomic::{fence, Ordering};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,6 +29,8 @@ use virtio_bindings::virtio_ring::{
     VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use devices::virtio::split_ring::{self, Buf, Desc, RingMemory, SplitRing};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::BenchError;
@@ -33,7 +38,7 @@ use super::BenchError;
 use devices::virtio::mmio::reg::{
     INTERRUPT_ACK, INTERRUPT_STATUS, QUEUE_NUM_MAX, QUEUE_SEL, STATUS,
 };
-use devices::virtio::mmio_driver::{self, status, QueueAddrs};
+use devices::virtio::mmio_driver::{self, status};
 
 /// Where the rings start in guest memory.
 const RING_BASE: u64 = 0x1_0000;
@@ -86,12 +91,9 @@ pub struct Driver {
     notify: EventFd,
     irq: Arc<EventFd>,
     wait: WaitMode,
-    qsize: u16,
     slots: usize,
     slot_bytes: u64,
-    desc: u64,
-    avail: u64,
-    used: u64,
+    ring: SplitRing,
     meta: u64,
     avail_idx: u16,
     /// `avail_idx` at the last notification decision.
@@ -156,27 +158,21 @@ impl Driver {
                 "queue of {qsize} entries is too small for {slots} requests"
             )));
         }
-        let q = u64::from(qsize);
-        let desc = RING_BASE;
-        let avail = desc + (16 * q).next_multiple_of(4096);
-        let used = avail + (6 + 2 * q).next_multiple_of(4096);
-        let meta = used + (6 + 8 * q).next_multiple_of(4096);
+        let ring = SplitRing::at(RING_BASE, qsize);
+        let meta = ring.end();
         if meta + 32 * slots as u64 > META_SIZE {
             return Err(BenchError::Device("too many slots".into()));
         }
-        mmio_driver::set_queue(&mut t, 0, qsize, QueueAddrs { desc, avail, used });
+        mmio_driver::set_queue(&mut t, 0, qsize, ring.addrs());
         let mut d = Driver {
             transport: t,
             mem,
             notify,
             irq,
             wait,
-            qsize,
             slots,
             slot_bytes: slot_bytes.next_multiple_of(4096),
-            desc,
-            avail,
-            used,
+            ring,
             meta,
             avail_idx: 0,
             notified_idx: 0,
@@ -209,32 +205,33 @@ impl Driver {
         DATA_BASE + self.slot_bytes * slot as u64
     }
 
-    fn write_desc(
-        &self,
-        index: u64,
-        addr: u64,
-        len: u32,
-        flags: u16,
-        next: u16,
-    ) -> Result<(), BenchError> {
-        let mut raw = [0u8; 16];
-        raw[..8].copy_from_slice(&addr.to_le_bytes());
-        raw[8..12].copy_from_slice(&len.to_le_bytes());
-        raw[12..14].copy_from_slice(&flags.to_le_bytes());
-        raw[14..].copy_from_slice(&next.to_le_bytes());
-        self.mem
-            .write_slice(&raw, GuestAddress(self.desc + 16 * index))
-            .map_err(Self::mem_err)
+    fn ring_err() -> BenchError {
+        BenchError::GuestMemory("a ring access fell outside guest memory".into())
+    }
+
+    /// The buffers of `slot`'s chain: header, `len` bytes of data (device-
+    /// writable for a read), status.
+    fn chain(&self, slot: usize, len: u32, read: bool) -> [Buf; 3] {
+        let data = GuestAddress(self.data_addr(slot));
+        [
+            Buf::readable(GuestAddress(self.header(slot)), 16),
+            Buf {
+                addr: data,
+                len,
+                writable: read,
+            },
+            Buf::writable(GuestAddress(self.status_addr(slot)), 1),
+        ]
     }
 
     /// Header → data → status for every slot; submissions only patch them.
     fn lay_out_chains(&mut self) -> Result<(), BenchError> {
-        let next = VRING_DESC_F_NEXT as u16;
         for s in 0..self.slots {
-            let d = 3 * s as u64;
-            self.write_desc(d, self.header(s), 16, next, (d + 1) as u16)?;
-            self.write_desc(d + 1, self.data_addr(s), 0, next, (d + 2) as u16)?;
-            self.write_desc(d + 2, self.status_addr(s), 1, VRING_DESC_F_WRITE as u16, 0)?;
+            let d = 3 * s as u16;
+            let bufs = self.chain(s, 0, false);
+            if !split_ring::write_chain(&mut self.mem, self.ring.desc, &[d, d + 1, d + 2], &bufs) {
+                return Err(Self::ring_err());
+            }
         }
         Ok(())
     }
@@ -270,30 +267,18 @@ impl Driver {
         self.mem
             .write_obj(0xffu8, GuestAddress(self.status_addr(slot)))
             .map_err(Self::mem_err)?;
-        let d = 3 * slot as u64;
-        let next = VRING_DESC_F_NEXT as u16;
-        // Only the data descriptor's len and flags change; everything else
-        // was laid out once.
-        let at = self.desc + 16 * (d + 1);
-        self.mem
-            .write_obj(len, GuestAddress(at + 8))
-            .map_err(Self::mem_err)?;
-        self.mem
-            .write_obj(data_flags | next, GuestAddress(at + 12))
-            .map_err(Self::mem_err)?;
-        let at = self.avail + 4 + 2 * u64::from(self.avail_idx % self.qsize);
-        self.mem
-            .write_obj(d as u16, GuestAddress(at))
-            .map_err(Self::mem_err)?;
+        let d = 3 * slot as u16;
+        // Only the data descriptor changes; the others were laid out once.
+        let data = Desc {
+            addr: self.data_addr(slot),
+            len,
+            flags: data_flags | VRING_DESC_F_NEXT as u16,
+            next: d + 2,
+        };
+        let ok = self.ring.write_desc(&mut self.mem, d + 1, data)
+            && self.ring.make_available(&mut self.mem, self.avail_idx, d);
         self.avail_idx = self.avail_idx.wrapping_add(1);
-        // Release: the ring entry and the chain are visible before the index.
-        self.mem
-            .store(
-                self.avail_idx,
-                GuestAddress(self.avail + 2),
-                Ordering::Release,
-            )
-            .map_err(Self::mem_err)
+        ok.then_some(()).ok_or_else(Self::ring_err)
     }
 
     /// Notifies the device if EVENT_IDX says it wants to hear about the
@@ -308,11 +293,10 @@ impl Driver {
         // The index store must be visible before avail_event is read, or the
         // device could go to sleep while we decide not to wake it.
         fence(Ordering::SeqCst);
-        let at = self.used + 4 + 8 * u64::from(self.qsize);
-        let event: u16 = self
+        let event = self
             .mem
-            .load(GuestAddress(at), Ordering::Acquire)
-            .map_err(Self::mem_err)?;
+            .get_index(self.ring.avail_event())
+            .ok_or_else(Self::ring_err)?;
         if need_event(event, new, old) {
             self.notifies += 1;
             self.notify.write(1).map_err(BenchError::EventFd)?;
@@ -321,17 +305,16 @@ impl Driver {
     }
 
     fn used_idx(&self) -> Result<u16, BenchError> {
-        self.mem
-            .load(GuestAddress(self.used + 2), Ordering::Acquire)
-            .map_err(Self::mem_err)
+        self.ring.used_idx(&self.mem).ok_or_else(Self::ring_err)
     }
 
     /// Asks for an interrupt at the next used entry.
-    fn set_used_event(&self) -> Result<(), BenchError> {
-        let at = self.avail + 4 + 2 * u64::from(self.qsize);
+    fn set_used_event(&mut self) -> Result<(), BenchError> {
+        let at = self.ring.used_event();
         self.mem
-            .store(self.last_used, GuestAddress(at), Ordering::Release)
-            .map_err(Self::mem_err)
+            .put_index(at, self.last_used)
+            .then_some(())
+            .ok_or_else(Self::ring_err)
     }
 
     /// Takes every used entry there is into `out`; returns how many.
@@ -339,8 +322,10 @@ impl Driver {
         let idx = self.used_idx()?;
         let mut n = 0;
         while self.last_used != idx {
-            let at = self.used + 4 + 8 * u64::from(self.last_used % self.qsize);
-            let id: u32 = self.mem.read_obj(GuestAddress(at)).map_err(Self::mem_err)?;
+            let (id, _) = self
+                .ring
+                .used_entry(&self.mem, self.last_used)
+                .ok_or_else(Self::ring_err)?;
             self.last_used = self.last_used.wrapping_add(1);
             let slot = id as usize / 3;
             if slot >= self.slots || !id.is_multiple_of(3) {

@@ -2,6 +2,7 @@
 
 use super::*;
 use proptest::prelude::*;
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::desc::RawDescriptor;
@@ -174,9 +175,29 @@ fn header_must_be_readable_and_16_bytes() {
     assert!(matches!(e, ChainError::ShortHeader { len: 0 }));
     let e = malformed(parse(&m, &[st()]));
     assert!(matches!(e, ChainError::ShortHeader { len: 0 }));
-    // Header and data in one buffer: answerable, refused.
+    // Split 8 + 8 it is a header (§2.7.4.1); split 8 + (writable) 8 + 8
+    // it is a header in the wrong order (§2.7.4.2): answerable, refused.
+    let r = parse(&m, &[desc(HDR, 8, false), desc(HDR + 8, 8, false), st()]);
+    assert!(matches!(
+        r.unwrap().kind,
+        RequestKind::Read { sector: 0, .. }
+    ));
+    let e = refused(
+        parse(
+            &m,
+            &[
+                desc(HDR, 8, false),
+                desc(DATA, 512, true),
+                desc(HDR + 8, 8, false),
+                st(),
+            ],
+        ),
+        VIRTIO_BLK_S_IOERR,
+    );
+    assert!(matches!(e, RequestError::ReadableAfterWritable { addr } if addr == HDR + 8));
+    // A read with readable bytes after its header: data the wrong way.
     let e = refused(parse(&m, &[desc(HDR, 17, false), st()]), VIRTIO_BLK_S_IOERR);
-    assert!(matches!(e, RequestError::HeaderLength { len: 17 }));
+    assert!(matches!(e, RequestError::DataDirection { addr, .. } if addr == HDR + 16));
 }
 
 #[test]
@@ -194,12 +215,13 @@ fn status_must_be_writable_one_byte_and_last() {
         malformed(parse(&m, &[hdr(), desc(STATUS, 0, true)])),
         ChainError::StatusEmpty
     );
+    // A 2-byte status descriptor is one data byte and the status: a read
+    // of one byte, refused, the status in its last byte.
     let e = refused(
         parse(&m, &[hdr(), desc(STATUS, 2, true)]),
         VIRTIO_BLK_S_IOERR,
     );
-    assert!(matches!(e, RequestError::StatusLength { len: 2 }));
-    // With a 2-byte status descriptor the status is its last byte.
+    assert!(matches!(e, RequestError::DataNotSectorMultiple { len: 1 }));
     let Err(ParseError::Refused { slot, reason }) = parse(&m, &[hdr(), desc(STATUS, 2, true)])
     else {
         unreachable!()
@@ -535,4 +557,19 @@ proptest! {
             Err(ParseError::Malformed { .. }) => {}
         }
     }
+}
+
+#[test]
+fn sub_ranges_skip_the_header_and_trim_the_status() {
+    let r = |addr: u64, len: u32| GuestRange {
+        addr: GuestAddress(addr),
+        len,
+    };
+    // 8 + 0 + 520 + 1 readable bytes: the header is 8 + 8, data 513.
+    let ranges = [r(0x100, 8), r(0x200, 0), r(0x300, 520), r(0x400, 1)];
+    assert_eq!(sub_ranges(&ranges, 16, 0), [r(0x308, 512), r(0x400, 1)]);
+    // 512 data bytes and the status in one 513-byte descriptor.
+    assert_eq!(sub_ranges(&[r(0x500, 513)], 0, 1), [r(0x500, 512)]);
+    assert_eq!(sub_ranges(&[r(0x500, 1)], 0, 1), []);
+    assert_eq!(sub_ranges(&ranges, 600, 0), []);
 }

@@ -1,0 +1,33 @@
+//! [`BlockHandle`]: what the VMM keeps of a block device, in a module of
+//! its own so that the device and the module root need not import each
+//! other.
+
+use std::sync::Arc;
+
+use super::io_thread::Worker;
+use super::metrics::BlockReport;
+
+/// The VMM's handle on a block device: counters and shutdown, from any
+/// thread, for as long as it likes (also after the device is dropped).
+#[derive(Clone)]
+pub struct BlockHandle {
+    worker: Arc<Worker>,
+}
+
+impl BlockHandle {
+    pub(crate) fn new(worker: Arc<Worker>) -> Self {
+        BlockHandle { worker }
+    }
+
+    /// The report as of the I/O thread's last batch.
+    pub fn stats(&self) -> BlockReport {
+        self.worker.report()
+    }
+
+    /// Stops the I/O thread: in-flight requests complete (and are answered),
+    /// then a final flush unless the cache mode is `unsafe`. Idempotent;
+    /// returns the final report. After it, the device answers nothing more.
+    pub fn shutdown(&self) -> BlockReport {
+        self.worker.stop()
+    }
+}
