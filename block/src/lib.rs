@@ -14,6 +14,7 @@
 //! file for what the crate deliberately leaves out.
 
 mod cache;
+pub mod crash;
 mod disk;
 mod engine;
 mod error;
