@@ -10,43 +10,21 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "common/guest.rs"]
+mod guest;
 #[path = "common/probe.rs"]
 mod probe_common;
 
+use guest::{build, HOST_KVM_ARGS};
 use probe_common::kvm_usable;
 
-/// What this host's emulated KVM needs on the kernel command line
-/// (HOST-KVM.md); harmless on real hardware.
-const HOST_KVM_ARGS: &str = "noxsave clearcpuid=popcnt,smap,erms,fsrm";
 /// ferrite run's statuses (vmm/src/run/verdict.rs).
 const TIMEOUT: i32 = 124;
 const RUN_ERROR: i32 = 125;
 const PANIC: i32 = 254;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// Runs one of `resources/guest/`'s build scripts (cached by their inputs;
-/// `FERRITE_GUEST_KERNEL_DIR` points at an existing cache) and returns the
-/// path it prints last.
-fn build(script: &str) -> PathBuf {
-    let out = Command::new("bash")
-        .arg(repo_root().join("resources/guest").join(script))
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("run {script}: {e}"));
-    assert!(out.status.success(), "{script} failed ({})", out.status);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    PathBuf::from(stdout.lines().last().expect("a result path").trim())
-}
 
 /// The guest kernel's `vmlinux`, or `None` (with SKIP printed) when KVM or
 /// the kernel's sources are not there.
@@ -106,6 +84,24 @@ fn finish(cmd: &mut Command) -> (Output, Duration) {
     (out, took)
 }
 
+/// The probe guest written to `dir`, as a kernel file for `--kernel`.
+fn probe_kernel(dir: &Path) -> PathBuf {
+    let path = dir.join("probe.elf");
+    std::fs::write(&path, probe::PROBE_ELF).unwrap();
+    path
+}
+
+/// The rest of a child's stdout and all of its stderr, and its status.
+fn drain(child: &mut Child, stdout: &mut impl Read) -> (Vec<u8>, String, Option<i32>) {
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).unwrap();
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_string(&mut err).unwrap();
+    }
+    (rest, err, child.wait().unwrap().code())
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -132,16 +128,7 @@ fn status_42_args_streams_and_out_come_back_exactly() {
     let mut first = [0u8; 1];
     let got = stdout.read(&mut first).unwrap();
     let to_first_output = start.elapsed();
-    let mut rest = Vec::new();
-    stdout.read_to_end(&mut rest).unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    let status = child.wait().unwrap().code();
+    let (rest, err, status) = drain(&mut child, &mut stdout);
     let total = start.elapsed();
     eprintln!(
         "ferrite run: first output after {:.1} s, total {:.1} s; stderr: {err}",
@@ -311,8 +298,7 @@ fn a_guest_that_never_touches_its_disk_gets_the_virtio_mmio_diagnosis() {
         return;
     }
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let probe = dir.path().join("probe.elf");
-    std::fs::write(&probe, probe::PROBE_ELF).unwrap();
+    let probe = probe_kernel(dir.path());
     // The probe stops on an unknown scenario before it reads any register:
     // from the device's side, a kernel without a virtio-mmio driver.
     let mut cmd = ferrite();
@@ -361,4 +347,47 @@ fn a_kernel_config_without_a_needed_option_fails_before_booting() {
         "{err}"
     );
     assert!(took < Duration::from_secs(5));
+}
+
+#[test]
+fn snapshot_on_boots_a_copy_and_leaves_the_image_alone() {
+    if !kvm_usable() {
+        return;
+    }
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let probe = probe_kernel(dir.path());
+    let image = dir.path().join("disk.img");
+    let before: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&image, &before).unwrap();
+    // The probe's rw scenario writes to the disk and reads it back.
+    let mut cmd = ferrite();
+    cmd.arg("--kernel")
+        .arg(&probe)
+        .args(["--cmdline", "probe=rw", "--drive"])
+        .arg(format!("file={},snapshot=on", image.display()));
+    let (out, _) = finish(&mut cmd);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the probe passes (debug-exit 0)"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("result=ok"));
+    assert!(
+        std::fs::read(&image).unwrap() == before,
+        "the image changed"
+    );
+}
+
+#[test]
+fn run_usage_errors_are_one_line_and_status_125() {
+    for args in [
+        &["run"][..],
+        &["run", "--kernel", "k"],
+        &["run", "--bogus", "--", "true"],
+    ] {
+        let (out, _) = finish(ferrite().args(args));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(RUN_ERROR), "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
 }

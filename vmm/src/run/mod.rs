@@ -117,10 +117,10 @@ pub struct RunArgs {
           conflicts_with_all = ["kernel", "rootfs", "image", "command"])]
     pub config: Option<PathBuf>,
     /// With -c: only the targets whose name matches this regular expression.
-    #[arg(long, value_name = "REGEX", requires = "config")]
+    #[arg(long, value_name = "REGEX")]
     pub filter: Option<String>,
     /// The command and its arguments (after --).
-    #[arg(value_name = "CMD", trailing_var_arg = true, allow_hyphen_values = true,
+    #[arg(value_name = "CMD", trailing_var_arg = true,
           required_unless_present = "config", value_parser = clap::value_parser!(OsString))]
     pub command: Vec<OsString>,
 }
@@ -233,6 +233,10 @@ fn scratch(what: &'static str) -> impl Fn(std::io::Error) -> RunError {
 /// Runs `ferrite run`; returns the exit status.
 pub fn run(args: RunArgs) -> i32 {
     let verbose = args.verbose;
+    if args.filter.is_some() && args.config.is_none() {
+        eprintln!("ferrite: --filter selects targets of a config file: it needs -c FILE");
+        return STATUS_RUN_ERROR;
+    }
     if let Some(path) = args.config.clone() {
         return manifest::run_file(&path, args.filter.as_deref(), &args, verbose);
     }
@@ -398,4 +402,48 @@ fn timings(t0: Instant, state: &console::RunState) -> String {
         secs(state.first_output),
         t0.elapsed().as_secs_f64()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{parse, Command};
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        let mut all = vec!["ferrite", "run"];
+        all.extend(args);
+        match parse(all) {
+            Ok(cli) => match cli.command {
+                Some(Command::Run(a)) => a,
+                other => panic!("not run: {other:?}"),
+            },
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn the_command_keeps_its_own_options() {
+        let a = run_args(&["--kernel", "k", "--timeout", "5", "ls", "-la", "--", "x"]);
+        assert_eq!(a.command, ["ls", "-la", "--", "x"]);
+        assert_eq!(a.timeout, 5);
+        let a = run_args(&["--kernel", "k", "--", "sh", "-c", "a b"]);
+        assert_eq!(a.command, ["sh", "-c", "a b"]);
+        let spec = RunSpec::from_args(run_args(&["--kernel", "k", "--timeout", "0", "true"]));
+        assert_eq!((spec.timeout, spec.boot_timeout), (None, limit(300)));
+        assert_eq!(spec.root, Root::Busybox);
+    }
+
+    #[test]
+    fn rootfs_and_image_exclude_each_other_and_config_excludes_a_command() {
+        let lone_filter = run_args(&["--kernel", "k", "--filter", "x", "true"]);
+        assert_eq!(run(lone_filter), STATUS_RUN_ERROR);
+        for args in [
+            &[
+                "ferrite", "run", "--kernel", "k", "--rootfs", "d", "--image", "i", "true",
+            ][..],
+            &["ferrite", "run", "-c", "f.toml", "true"],
+        ] {
+            assert!(parse(args.iter().copied()).is_err(), "{args:?}");
+        }
+    }
 }
