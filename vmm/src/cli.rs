@@ -72,6 +72,7 @@ pub enum Command {
     Demo(crate::demo::DemoArgs),
     /// Boots a kernel, runs one command in it and exits with the command's
     /// status (for testing kernels in CI).
+    #[command(long_about = crate::run::RUN_HELP)]
     Run(crate::run::RunArgs),
 }
 

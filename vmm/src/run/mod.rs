@@ -46,7 +46,8 @@ use verdict::{Verdict, STATUS_RUN_ERROR};
 /// not end in an emulation failure), and ferrite stops at its end anyway.
 pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 rdinit=/init";
 
-const RUN_HELP: &str = "\
+/// `ferrite run --help`'s text above the options.
+pub const RUN_HELP: &str = "\
 Boots KERNEL, runs CMD (with ARGS, passed exactly, whatever they contain) as the only
 program in it, streams its stdout and stderr to ferrite's, and exits with its status.
 
@@ -72,7 +73,6 @@ Examples:
 
 /// Options of `ferrite run`.
 #[derive(Debug, Args)]
-#[command(long_about = RUN_HELP)]
 pub struct RunArgs {
     /// Kernel to boot (ELF vmlinux or bzImage).
     #[arg(long, value_name = "PATH", required_unless_present = "config")]
@@ -418,6 +418,16 @@ mod tests {
                 other => panic!("not run: {other:?}"),
             },
             Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn help_gives_the_statuses_and_the_kernel_options() {
+        let Err(crate::cli::ParseOutcome::Info(help)) = parse(["ferrite", "run", "--help"]) else {
+            panic!("no help");
+        };
+        for needle in ["124", "125", "254", "VIRTIO_MMIO_CMDLINE_DEVICES", "--ktap"] {
+            assert!(help.contains(needle), "{needle}");
         }
     }
 
