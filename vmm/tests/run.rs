@@ -391,3 +391,26 @@ fn run_usage_errors_are_one_line_and_status_125() {
         assert_eq!(err.lines().count(), 1, "{err}");
     }
 }
+
+#[test]
+fn without_dev_kvm_run_stops_at_once_with_one_line() {
+    // A private mount namespace whose /dev is an empty tmpfs (needs
+    // CAP_SYS_ADMIN, e.g. root or a user namespace).
+    let probe = Command::new("unshare")
+        .args(["-m", "sh", "-c", "mount -t tmpfs none /dev"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIP: cannot hide /dev/kvm in a mount namespace (unshare -m)");
+        return;
+    }
+    let script = format!(
+        "mount -t tmpfs none /dev && exec '{}' run --kernel /nonexistent -- true",
+        env!("CARGO_BIN_EXE_ferrite")
+    );
+    let (out, took) = finish(Command::new("unshare").args(["-m", "sh", "-c", &script]));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(RUN_ERROR), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("/dev/kvm is not usable"), "{err}");
+    assert!(took < Duration::from_secs(5));
+}
