@@ -4,10 +4,11 @@
 //!
 //! The kernel embeds its `.config` gzip-compressed between the markers
 //! `IKCFG_ST` and `IKCFG_ED`. In an ELF `vmlinux` that data is plain to
-//! see. In a `bzImage` it sits inside the compressed payload (gzip, LZ4,
-//! XZ, zstd... by the kernel's choice), which this check does not unpack:
-//! a bzImage, like a kernel without IKCONFIG, is booted unchecked, and the
-//! run's diagnosis after the boot still names a missing virtio option.
+//! see. In a `bzImage` it sits inside the compressed payload, which is
+//! unpacked for gzip and LZ4 kernels ([`super::payload`]); a bzImage
+//! compressed otherwise, like a kernel without IKCONFIG, boots unchecked,
+//! and the run's diagnosis after the boot still names a missing virtio
+//! option.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -91,11 +92,12 @@ pub fn check_file(path: &Path) -> Result<(), KernelConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    // Only an ELF image carries the config uncompressed.
-    if !image.starts_with(b"\x7fELF") {
-        return Ok(());
-    }
-    match embedded_config(&image).map(|c| missing(&c)) {
+    let config = if image.starts_with(b"\x7fELF") {
+        embedded_config(&image)
+    } else {
+        super::payload::kernel(&image).and_then(|k| embedded_config(&k))
+    };
+    match config.map(|c| missing(&c)) {
         Some(missing) if !missing.is_empty() => Err(KernelConfigError::Missing {
             path: path.to_path_buf(),
             missing,
@@ -155,5 +157,15 @@ mod tests {
         );
         std::fs::write(&path, b"MZ bzImage").unwrap();
         assert!(check_file(&path).is_ok());
+        // The same config inside a gzip bzImage is found too.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&fake_vmlinux(&config)).unwrap();
+        let bz = super::super::payload::tests::fake_bzimage(&gz.finish().unwrap());
+        std::fs::write(&path, bz).unwrap();
+        let line = check_file(&path).unwrap_err().to_string();
+        assert!(
+            line.contains("lacks CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES"),
+            "{line}"
+        );
     }
 }

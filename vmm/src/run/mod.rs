@@ -17,6 +17,7 @@ pub mod initramfs;
 pub mod ktap;
 pub mod manifest;
 pub mod outdisk;
+pub mod payload;
 pub mod rootfs;
 pub mod verdict;
 pub mod watchdog;
@@ -58,7 +59,8 @@ the --drive disks. Caches live in $FERRITE_CACHE_DIR, else $XDG_CACHE_HOME/ferri
 
 Kernel options needed: VIRTIO_MMIO, VIRTIO_MMIO_CMDLINE_DEVICES, VIRTIO_BLK, EXT4_FS,
 BLK_DEV_INITRD, DEVTMPFS, SERIAL_8250_CONSOLE, BINFMT_ELF (and BINFMT_SCRIPT for
-scripts); with CONFIG_IKCONFIG a vmlinux is checked for them before it boots.
+scripts); with CONFIG_IKCONFIG a vmlinux (or a gzip or LZ4 bzImage) is checked for
+them before it boots.
 
 Exit status: the command's (0..255; 128+N if signal N killed it; 126/127 if it could
 not be run or found); 124 when --timeout or --boot-timeout expired; 125 when ferrite
