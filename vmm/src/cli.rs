@@ -26,6 +26,7 @@ Adds a virtio-blk disk (repeatable; the first is /dev/vda), with QEMU's -drive s
   cache.writeback=on|off, cache.direct=on|off, cache.no-flush=on|off
                           QEMU's underlying switches; they override cache=
   readonly=on|off         read-only disk (shared image lock instead of exclusive)
+  snapshot=on|off         boot a throwaway copy (reflink where possible); the image never changes
   serial=ID               serial number the guest reads (at most 20 bytes)
   aio=io_uring|threads    I/O engine (default: io_uring when the host has it)
   format=raw              the only format supported";
@@ -34,7 +35,12 @@ const AFTER_HELP: &str = "\
 Console: the guest's serial port is on stdin/stdout (raw mode on a terminal; Ctrl-A X quits).
 Exit status: 0 when the guest resets or powers off (i8042 reset, triple fault), on SIGINT/SIGTERM
 and on Ctrl-A X; (v << 1) | 1 when the guest writes v to the debug-exit port 0xf4;
-1 for a VMM error; 2 for bad arguments.";
+1 for a VMM error; 2 for bad arguments; 254 when the guest kernel panicked: ferrite watches the
+console for \"Kernel panic - not syncing\" and stops the guest at the end of the panic report,
+so a panic never exits 0, whatever panic= says (the default panic=1 would reset).
+
+To test a kernel in CI, see `ferrite run --help`: it runs one command in the guest and
+exits with its status.";
 
 /// ferrite: a minimal KVM virtual machine monitor with virtio-blk disks.
 #[derive(Debug, Parser)]
@@ -64,6 +70,10 @@ pub enum Command {
     /// Boots the built-in probe guest on one scratch disk per cache mode and
     /// shows what the guest saw and what the host did.
     Demo(crate::demo::DemoArgs),
+    /// Boots a kernel, runs one command in it and exits with the command's
+    /// status (for testing kernels in CI).
+    #[command(long_about = crate::run::RUN_HELP)]
+    Run(crate::run::RunArgs),
 }
 
 /// Options of a plain boot.
@@ -80,7 +90,7 @@ pub struct VmArgs {
     #[arg(long, value_name = "ARGS")]
     pub cmdline: Option<String>,
     /// Guest RAM, with a K, M, G or T suffix (no suffix means MiB).
-    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = parse_memory)]
     pub memory: u64,
     /// Number of vCPUs (1 to 254).
     #[arg(long, value_name = "N", default_value_t = 1,
@@ -99,7 +109,8 @@ pub struct VmArgs {
     pub no_seccomp: bool,
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
+/// Parses a `--memory` value: a size of at least 16M, a multiple of 4K.
+pub fn parse_memory(s: &str) -> Result<u64, String> {
     let size = config::parse_size(s).map_err(|e| e.to_string())?;
     if size < crate::memory::MIN_MEMORY || size % 4096 != 0 {
         return Err(format!(

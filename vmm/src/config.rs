@@ -21,6 +21,8 @@ pub struct DriveConfig {
     pub serial: Option<String>,
     /// `aio=`; `None` lets the block crate pick.
     pub engine: Option<EngineKind>,
+    /// `snapshot=on`: boot a throwaway copy; the image never changes.
+    pub snapshot: bool,
 }
 
 impl DriveConfig {
@@ -45,7 +47,7 @@ pub enum DriveError {
     #[error("drive option {0:?} is not key=value")]
     NotKeyValue(String),
     /// A key this VMM does not know.
-    #[error("unknown drive option {0:?} (known: file, cache, cache.writeback, cache.direct, cache.no-flush, readonly, serial, aio, format, if)")]
+    #[error("unknown drive option {0:?} (known: file, cache, cache.writeback, cache.direct, cache.no-flush, readonly, snapshot, serial, aio, format, if)")]
     UnknownKey(String),
     /// A bad `cache=`.
     #[error(transparent)]
@@ -120,6 +122,7 @@ pub fn parse_drive(s: &str) -> Result<DriveConfig, DriveError> {
     let mut read_only = false;
     let mut serial = None;
     let mut engine = None;
+    let mut snapshot = false;
     for item in split_options(s) {
         if item.is_empty() {
             continue;
@@ -134,6 +137,7 @@ pub fn parse_drive(s: &str) -> Result<DriveConfig, DriveError> {
             "cache.direct" => direct = Some(parse_bool(key, value)?),
             "cache.no-flush" => no_flush = Some(parse_bool(key, value)?),
             "readonly" => read_only = parse_bool(key, value)?,
+            "snapshot" => snapshot = parse_bool(key, value)?,
             "serial" => {
                 if value.len() > MAX_SERIAL_LEN {
                     return Err(DriveError::SerialTooLong(value.to_string()));
@@ -170,6 +174,7 @@ pub fn parse_drive(s: &str) -> Result<DriveConfig, DriveError> {
         read_only,
         serial,
         engine,
+        snapshot,
     })
 }
 
@@ -210,6 +215,8 @@ mod tests {
         assert_eq!(d.cache, CacheMode::Writeback);
         assert!(!d.read_only);
         assert_eq!((d.serial, d.engine), (None, None));
+        assert!(!d.snapshot);
+        assert!(parse_drive("file=a,snapshot=on").unwrap().snapshot);
     }
 
     #[test]

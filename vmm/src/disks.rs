@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use devices::virtio::block::{
     BlockDevice, BlockDeviceError, BlockHandle, BlockOptions, ThreadStart,
 };
-use devices::virtio::mmio::{MmioTransport, TransportError, MMIO_WINDOW_SIZE, NOTIFY_OFFSET};
+use devices::virtio::mmio::{
+    DriverSeen, MmioTransport, TransportError, MMIO_WINDOW_SIZE, NOTIFY_OFFSET,
+};
 use devices::{Bus, BusError, InterruptLine};
 use kvm_ioctls::VmFd;
 use vm_memory::GuestMemoryMmap;
@@ -64,6 +66,25 @@ pub struct DiskSlot {
     pub irq: u32,
 }
 
+/// An attached disk: its device's handle, and its transport, which knows
+/// how far the guest's driver got with it.
+pub struct Attached {
+    /// The device's handle (statistics, shutdown).
+    pub handle: BlockHandle,
+    /// The transport on the bus.
+    pub transport: Arc<Mutex<MmioTransport<BlockDevice>>>,
+}
+
+impl Attached {
+    /// How far the guest's driver got with this disk.
+    pub fn driver_seen(&self) -> DriverSeen {
+        self.transport
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .driver_seen()
+    }
+}
+
 /// Opens `drive` and puts its device on `mmio` at `slot`.
 pub fn attach(
     vm_fd: &VmFd,
@@ -72,7 +93,7 @@ pub fn attach(
     slot: DiskSlot,
     drive: &DriveConfig,
     io_thread_start: Option<ThreadStart>,
-) -> Result<BlockHandle, DiskError> {
+) -> Result<Attached, DiskError> {
     let path = drive.path.display().to_string();
     let disk = block::Disk::open(&drive.disk_config())?;
     let opts = BlockOptions {
@@ -100,6 +121,7 @@ pub fn attach(
         0,
     )?;
     let handle = transport.block_handle();
-    mmio.insert(Arc::new(Mutex::new(transport)), slot.base, MMIO_WINDOW_SIZE)?;
-    Ok(handle)
+    let transport = Arc::new(Mutex::new(transport));
+    mmio.insert(transport.clone(), slot.base, MMIO_WINDOW_SIZE)?;
+    Ok(Attached { handle, transport })
 }

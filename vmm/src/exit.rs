@@ -15,6 +15,10 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 pub const STATUS_VMM_ERROR: i32 = 1;
 /// Exit status for bad arguments.
 pub const STATUS_USAGE: i32 = 2;
+/// Exit status when the guest kernel panicked (plain mode and `ferrite
+/// run`): even, so it cannot be a debug-exit status, and the status
+/// virtme-ng users know (255) would be one.
+pub const STATUS_GUEST_PANIC: i32 = 254;
 
 /// Why the guest stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,6 +37,11 @@ pub enum ExitCause {
     Signal(i32),
     /// The user typed Ctrl-A X on the console.
     ConsoleQuit,
+    /// The guest kernel panicked; the panic line as the console showed it.
+    GuestPanic(String),
+    /// ferrite itself stopped the guest (`ferrite run`'s time limits); the
+    /// caller that asked knows why.
+    HostStop,
 }
 
 impl ExitCause {
@@ -46,8 +55,10 @@ impl ExitCause {
             | ExitCause::SystemEvent
             | ExitCause::AllHalted
             | ExitCause::Signal(_)
-            | ExitCause::ConsoleQuit => 0,
+            | ExitCause::ConsoleQuit
+            | ExitCause::HostStop => 0,
             ExitCause::VcpuFailed(_) => STATUS_VMM_ERROR,
+            ExitCause::GuestPanic(_) => STATUS_GUEST_PANIC,
         }
     }
 
@@ -56,6 +67,9 @@ impl ExitCause {
         match self {
             ExitCause::VcpuFailed(why) => Some(format!("ferrite: {why}")),
             ExitCause::Signal(sig) => Some(format!("ferrite: terminating on signal {sig}")),
+            ExitCause::GuestPanic(line) => {
+                Some(format!("ferrite: the guest kernel panicked: {line}"))
+            }
             _ => None,
         }
     }
@@ -134,6 +148,9 @@ mod tests {
             "ferrite: vCPU 0: boom"
         );
         assert_eq!(ExitCause::TripleFault.message(), None);
+        let panic = ExitCause::GuestPanic("Kernel panic - not syncing: x".into());
+        assert_eq!(panic.status(), 254);
+        assert!(panic.message().unwrap().contains("not syncing: x"));
     }
 
     #[test]

@@ -15,8 +15,11 @@ mod disks;
 mod exit;
 mod kvm;
 mod memory;
+mod panic_watch;
+mod run;
 mod seccomp;
 mod signals;
+mod snapshot;
 mod stats;
 mod vmm;
 
@@ -44,12 +47,19 @@ fn main() {
             let _ = std::io::stdout().flush();
             std::process::exit(0);
         }
+        // For `ferrite run`, 2 could be the command's own status.
+        Err(ParseOutcome::Usage(line)) if is_run() => fail(run::verdict::STATUS_RUN_ERROR, &line),
         Err(ParseOutcome::Usage(line)) => fail(STATUS_USAGE, &line),
     };
     let status = run(cli, stdin);
     console::restore_terminal();
     let _ = std::io::stdout().flush();
     std::process::exit(status);
+}
+
+/// Whether the arguments ask for `ferrite run`.
+fn is_run() -> bool {
+    std::env::args_os().nth(1).is_some_and(|a| a == "run")
 }
 
 /// Prints one line on stderr and exits.
@@ -66,15 +76,29 @@ fn run(cli: Cli, stdin: console::Stdin) -> i32 {
         return match command {
             cli::Command::Bench(args) => bench_status(&args),
             cli::Command::Demo(args) => demo::run(args),
+            cli::Command::Run(args) => run::run(args),
         };
     }
-    let args = cli.vm;
+    let mut args = cli.vm;
     let Some(kernel) = args.kernel else {
         fail(STATUS_USAGE, "ferrite: --kernel is required");
     };
     if let Err(line) = check_drives(&args.drives) {
         fail(STATUS_USAGE, &line);
     }
+    // Kept until the guest is gone: the copies live in it.
+    let snapshots = if args.drives.iter().any(|d| d.snapshot) {
+        let dir = tempfile::Builder::new()
+            .prefix("ferrite-snapshot-")
+            .tempdir()
+            .unwrap_or_else(|e| fail(STATUS_VMM_ERROR, &format!("ferrite: snapshot=on: {e}")));
+        if let Err(e) = snapshot_drives(&mut args.drives, dir.path()) {
+            fail(STATUS_VMM_ERROR, &format!("ferrite: {e}"));
+        }
+        Some(dir)
+    } else {
+        None
+    };
     let cfg = vmm::VmConfig {
         kernel: boot::Kernel::File(kernel),
         initrd: args.initrd,
@@ -95,10 +119,30 @@ fn run(cli: Cli, stdin: console::Stdin) -> i32 {
     }
     let policy = if args.no_seccomp {
         seccomp::Policy::Off
+    } else if snapshots.is_some() {
+        // The main thread deletes the copies after the guest, which its
+        // filter would not allow.
+        seccomp::Policy::Threads
     } else {
         seccomp::Policy::All
     };
-    run_vm_with(&cfg, args.stats_json.as_deref(), stdin, policy)
+    let status = run_vm_with(&cfg, args.stats_json.as_deref(), stdin, policy);
+    drop(snapshots);
+    status
+}
+
+/// Points every `snapshot=on` drive at a throwaway copy made in `dir`.
+fn snapshot_drives(
+    drives: &mut [config::DriveConfig],
+    dir: &std::path::Path,
+) -> Result<(), snapshot::SnapshotError> {
+    for (i, d) in drives.iter_mut().enumerate().filter(|(_, d)| d.snapshot) {
+        let copy = dir.join(format!("snapshot-{i}.img"));
+        snapshot::throwaway_copy(&d.path, &copy)?;
+        d.path = copy;
+        d.snapshot = false;
+    }
+    Ok(())
 }
 
 /// Boots `cfg` with the console on stdin/stdout, writes `stats_json` if
@@ -121,17 +165,25 @@ fn run_vm_with(
     stdin: console::Stdin,
     policy: seccomp::Policy,
 ) -> i32 {
-    let result = vmm::Vmm::with_seccomp(cfg, policy).and_then(|vmm| {
+    let seen = panic_watch::PanicSeen::default();
+    let watch = seen.clone();
+    let console: vmm::ConsoleFactory = Box::new(move |exit| {
+        Box::new(panic_watch::PanicWatch::new(
+            std::io::stdout(),
+            exit.clone(),
+            watch,
+        ))
+    });
+    let result = vmm::Vmm::with_console(cfg, policy, console).and_then(|vmm| {
         vmm::prepare_console(stdin)?;
         vmm.run(stdin)
     });
     console::restore_terminal();
     let (status, line, disks) = match result {
-        Ok(outcome) => (
-            outcome.cause.status(),
-            outcome.cause.message(),
-            outcome.disks,
-        ),
+        Ok(outcome) => {
+            let cause = seen.settle(outcome.cause);
+            (cause.status(), cause.message(), outcome.disks)
+        }
         Err(e) => (STATUS_VMM_ERROR, Some(format!("ferrite: {e}")), Vec::new()),
     };
     let _ = std::io::stdout().flush();

@@ -14,7 +14,8 @@ use devices::legacy::debug_exit::{DEBUG_EXIT_LEN, DEBUG_EXIT_PORT};
 use devices::legacy::i8042::{I8042_BASE, I8042_LEN};
 use devices::legacy::serial::{COM1_BASE, COM1_IRQ, COM1_LEN};
 use devices::legacy::{DebugExit, Serial, I8042};
-use devices::virtio::block::{BlockHandle, BlockReport};
+use devices::virtio::block::BlockReport;
+use devices::virtio::mmio::DriverSeen;
 use devices::{Bus, BusError, InterruptLine};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{VcpuFd, VmFd};
@@ -25,7 +26,7 @@ use vmm_sys_util::signal::Killable;
 use crate::boot::{self, BootConfig, BootError, Kernel};
 use crate::config::DriveConfig;
 use crate::console::{self, EscapeFilter, Stdin};
-use crate::disks::{self, DiskError, DiskSlot};
+use crate::disks::{self, Attached, DiskError, DiskSlot};
 use crate::exit::{ExitCause, ExitController};
 use crate::kvm::mptable::{self, MpTableError};
 use crate::kvm::vcpu::{self, VcpuEnd};
@@ -100,7 +101,15 @@ pub struct RunOutcome {
     pub cause: ExitCause,
     /// Each disk's final report, in `--drive` order (after its shutdown).
     pub disks: Vec<BlockReport>,
+    /// How far the guest's driver got with each disk, in the same order.
+    pub drivers: Vec<DriverSeen>,
 }
+
+/// Makes the serial console's output sink; it gets the exit controller so
+/// that it can stop the guest on what it reads (a panic, `ferrite run`'s
+/// verdict).
+pub type ConsoleFactory<'a> =
+    Box<dyn FnOnce(&Arc<ExitController>) -> Box<dyn io::Write + Send> + 'a>;
 
 /// A guest ready to start.
 pub struct Vmm {
@@ -112,7 +121,7 @@ pub struct Vmm {
     mmio: Arc<Bus>,
     serial: Arc<Mutex<Serial>>,
     exit: Arc<ExitController>,
-    disks: Vec<BlockHandle>,
+    disks: Vec<Attached>,
     filters: Filters,
 }
 
@@ -166,7 +175,14 @@ impl Vmm {
     /// theirs when they start); with
     /// [`seccomp::Policy::All`] the calling thread installs its own filter in
     /// [`Vmm::run`] and may do little afterwards besides exiting.
-    pub fn with_seccomp(cfg: &VmConfig, policy: seccomp::Policy) -> Result<Self, VmmError> {
+    ///
+    /// The serial console writes to what `console` makes (stdout for a
+    /// plain boot).
+    pub fn with_console(
+        cfg: &VmConfig,
+        policy: seccomp::Policy,
+        console: ConsoleFactory<'_>,
+    ) -> Result<Self, VmmError> {
         let filters = Filters::compile(policy)?.with_sandbox(sandbox(cfg, policy)?);
         let mem = memory::create_guest_memory(cfg.mem_size)?;
         let (kvm, vm_fd) = vm::create(&mem)?;
@@ -175,7 +191,7 @@ impl Vmm {
         let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(host("create an eventfd"))?;
         vm::register_irqfd(&vm_fd, &serial_irq, COM1_IRQ)?;
         let serial_line: Arc<dyn InterruptLine> = Arc::new(serial_irq);
-        let serial = Arc::new(Mutex::new(Serial::new(serial_line, Box::new(io::stdout()))));
+        let serial = Arc::new(Mutex::new(Serial::new(serial_line, console(&exit))));
         let mut pio = Bus::new();
         pio.insert(serial.clone(), COM1_BASE, COM1_LEN)?;
         pio.insert(
@@ -245,6 +261,12 @@ impl Vmm {
         })
     }
 
+    /// The controller that stops the guest; `ferrite run`'s time limits
+    /// report through it.
+    pub fn exit_controller(&self) -> Arc<ExitController> {
+        self.exit.clone()
+    }
+
     /// Runs the guest until something stops it; the console is on stdin
     /// and stdout.
     pub fn run(mut self, stdin: Stdin) -> Result<RunOutcome, VmmError> {
@@ -296,8 +318,13 @@ impl Vmm {
         let cause = self.event_loop(stdin, &signals);
         stop_vcpus(&threads);
         // Completes what is in flight and flushes (except cache=unsafe).
-        let disks = self.disks.iter().map(BlockHandle::shutdown).collect();
-        Ok(RunOutcome { cause, disks })
+        let disks = self.disks.iter().map(|d| d.handle.shutdown()).collect();
+        let drivers = self.disks.iter().map(Attached::driver_seen).collect();
+        Ok(RunOutcome {
+            cause,
+            disks,
+            drivers,
+        })
     }
 
     /// Waits for an exit cause while moving console input to the guest.

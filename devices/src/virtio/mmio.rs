@@ -124,6 +124,16 @@ enum ActivationFailure {
     Device(#[from] ActivateError),
 }
 
+/// How far a driver ever got with a device, kept across resets: what a VMM
+/// needs to say why a guest did not use its disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DriverSeen {
+    /// The guest read a register of the window (a driver probed it).
+    pub read_registers: bool,
+    /// The driver set DRIVER_OK (it took the device into use).
+    pub driver_ok: bool,
+}
+
 /// A virtio device behind a virtio-mmio register window; put it on the MMIO
 /// bus in an `Arc<Mutex<_>>`.
 pub struct MmioTransport<D: VirtioDevice> {
@@ -141,6 +151,7 @@ pub struct MmioTransport<D: VirtioDevice> {
     queue_sel: u32,
     queues: Vec<QueueConfig>,
     config_generation: u32,
+    seen: DriverSeen,
 }
 
 impl<D: VirtioDevice> MmioTransport<D> {
@@ -171,6 +182,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             queue_sel: 0,
             queues,
             config_generation: 0,
+            seen: DriverSeen::default(),
         })
     }
 
@@ -186,6 +198,11 @@ impl<D: VirtioDevice> MmioTransport<D> {
         } else {
             self.status
         }
+    }
+
+    /// How far a driver ever got (not reset by a device reset).
+    pub fn driver_seen(&self) -> DriverSeen {
+        self.seen
     }
 
     /// Features both sides agreed on (zero before FEATURES_OK).
@@ -330,6 +347,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 return;
             }
             self.status = new;
+            self.seen.driver_ok = true;
             if let Err(e) = self.activate() {
                 // The driver set everything up and the device cannot use it:
                 // that is what DEVICE_NEEDS_RESET is for (§2.1.2). The
@@ -383,6 +401,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
 
 impl<D: VirtioDevice> BusDevice for MmioTransport<D> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.seen.read_registers = true;
         if offset >= CONFIG_OFFSET {
             self.device.read_config(offset - CONFIG_OFFSET, data);
             return;
@@ -573,7 +592,9 @@ mod tests {
     #[test]
     fn driver_ok_activates_with_the_queue_and_reset_clears_everything() {
         let (mut t, seen) = transport(false);
+        assert_eq!(t.driver_seen(), DriverSeen::default());
         negotiate(&mut t, 1 << 29, 1);
+        assert!(t.driver_seen().read_registers && !t.driver_seen().driver_ok);
         // Queue registers before FEATURES_OK would have been ignored; now they count.
         setup_queue(&mut t);
         assert_eq!(rd(&mut t, QUEUE_READY), 1);
@@ -591,6 +612,8 @@ mod tests {
         assert_eq!(rd(&mut t, STATUS), 0);
         assert_eq!(rd(&mut t, QUEUE_READY), 0);
         assert_eq!(seen.lock().unwrap().resets, 1);
+        // What the driver got to outlives the reset.
+        assert!(t.driver_seen().driver_ok);
         assert_ne!(rd(&mut t, CONFIG_GENERATION), gen);
     }
 

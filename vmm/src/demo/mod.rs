@@ -201,6 +201,7 @@ fn demo(args: &DemoArgs) -> Result<i32, DemoError> {
                         read_only: false,
                         serial: Some(format!("demo-{}", mode.name())),
                         engine: None,
+                        snapshot: false,
                     },
                     name,
                 })
