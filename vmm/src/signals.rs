@@ -68,6 +68,21 @@ impl StopSignals {
         };
         (n == size as isize).then_some(info.ssi_signo as libc::c_int)
     }
+
+    /// Waits for the next stop signal (`None` if the wait was interrupted).
+    pub fn wait(&self) -> Option<libc::c_int> {
+        let mut fd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd that lives across the call; no timeout.
+        let rc = unsafe { libc::poll(&mut fd, 1, -1) };
+        if rc < 1 {
+            return None;
+        }
+        self.next()
+    }
 }
 
 impl AsRawFd for StopSignals {
