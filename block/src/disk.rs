@@ -19,6 +19,12 @@ use crate::{BlockError, CacheMode, Completion, DiskStats, Op};
 /// Operations in flight at most, per disk.
 pub const QUEUE_DEPTH: usize = 128;
 
+/// Largest bounce buffer one request holds (or its host block, if larger):
+/// a misaligned request longer than this moves through it a chunk at a
+/// time, so a disk never holds more than `QUEUE_DEPTH` of them (8 MiB),
+/// whatever the guest submits.
+pub const BOUNCE_CHUNK: usize = 64 << 10;
+
 /// virtio's unit: reads and writes are multiples of it on every host.
 const SECTOR: u64 = 512;
 
@@ -75,6 +81,8 @@ pub struct Disk {
     raw: Vec<RawCompletion>,
     /// Read-modify-writes in slots (held or running).
     rmw_in_flight: usize,
+    /// Bytes of bounce buffers held by requests in slots.
+    bounce_bytes: usize,
     /// Slots whose request waits for an overlapping one, oldest first.
     held: VecDeque<usize>,
     /// `release_held` is running (it can be re-entered through an inline
@@ -278,10 +286,13 @@ impl Disk {
             return Ok(r);
         }
         let align = self.geometry.mem_alignment.max(512);
-        let buf = AlignedBuf::zeroed(r.len as usize, align)
+        let size = (r.len as usize).min(self.bounce_chunk());
+        let buf = AlignedBuf::zeroed(size, align)
             .ok_or_else(|| BlockError::Io(io::Error::from(io::ErrorKind::OutOfMemory)))?;
+        self.bounce_bytes += size;
+        let peak = &mut self.stats.bounce_bytes_peak;
+        *peak = (*peak).max(self.bounce_bytes as u64);
         r.bounce = Some(buf);
-        r.bounce_iovec(r.len as usize);
         Ok(r)
     }
 
@@ -317,7 +328,6 @@ impl Disk {
         });
         (r.offset, r.len) = (start, end - start);
         if r.kind == Kind::Write {
-            r.stage = Stage::RmwRead;
             self.stats.read_modify_writes += 1;
         } else {
             self.stats.widened_reads += 1;
@@ -336,11 +346,9 @@ impl Disk {
     /// # Safety
     /// `r`'s caller segments are valid as `submit` requires.
     unsafe fn start(&mut self, mut r: InFlight) {
-        if let Some(b) = r.bounce.as_mut() {
-            if r.kind == Kind::Write && r.stage == Stage::Transfer {
-                // SAFETY: submit's contract: the segments are readable.
-                unsafe { inflight::gather(&r.segments, b, 0) };
-            }
+        if r.bounce.is_some() {
+            // SAFETY: submit's contract: the segments are readable.
+            unsafe { r.begin_chunk() };
         }
         let Some(slot) = self.free.pop() else {
             // Unreachable: in_flight() < QUEUE_DEPTH was checked.
@@ -438,6 +446,9 @@ impl Disk {
         self.active -= 1;
         if r.is_rmw() {
             self.rmw_in_flight -= 1;
+        }
+        if let Some(b) = &r.bounce {
+            self.bounce_bytes -= b.len();
         }
         self.held.retain(|&h| h != slot);
         Some(r)

@@ -26,7 +26,7 @@ mod open;
 mod stats;
 
 pub use cache::{CacheMode, CacheSwitches, ParseCacheModeError};
-pub use disk::{Disk, DiskConfig, QUEUE_DEPTH};
+pub use disk::{Disk, DiskConfig, BOUNCE_CHUNK, QUEUE_DEPTH};
 pub use engine::{io_uring_supported, EngineKind, ParseEngineKindError};
 pub use error::BlockError;
 pub use op::{Completion, Op, Segment};
