@@ -66,9 +66,13 @@ pub struct Cli {
 pub enum Command {
     /// Compares the cache modes through the probe guest, or benchmarks the
     /// host I/O path against fio (--io-path), or ferrite's own overhead (--overhead).
+    // A variant's doc comment would replace the Args' own long text: name
+    // it here (as for `run`).
+    #[command(long_about = crate::bench::BENCH_HELP)]
     Bench(crate::bench::BenchArgs),
     /// Boots the built-in probe guest on one scratch disk per cache mode and
     /// shows what the guest saw and what the host did.
+    #[command(long_about = crate::demo::DEMO_HELP)]
     Demo(crate::demo::DemoArgs),
     /// Boots a kernel, runs one command in it and exits with the command's
     /// status (for testing kernels in CI).
@@ -252,5 +256,20 @@ mod tests {
             assert!(help.contains(mode), "{mode}");
         }
         assert!(help.contains("CAN LOSE DATA"));
+    }
+
+    #[test]
+    fn each_subcommand_shows_its_long_help() {
+        for (cmd, text) in [
+            ("demo", crate::demo::DEMO_HELP),
+            ("bench", crate::bench::BENCH_HELP),
+            ("run", crate::run::RUN_HELP),
+        ] {
+            let Err(ParseOutcome::Info(help)) = parse(["ferrite", cmd, "--help"]) else {
+                panic!("{cmd}: no help");
+            };
+            let first = text.lines().next().unwrap();
+            assert!(help.contains(first), "{cmd} --help lacks {first:?}:\n{help}");
+        }
     }
 }

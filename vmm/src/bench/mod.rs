@@ -26,7 +26,8 @@ use clap::Args;
 use io_path::driver::WaitMode;
 use io_path::{BenchError, IoPathConfig, WORKLOADS};
 
-const BENCH_HELP: &str = "\
+/// `ferrite bench --help`'s long text.
+pub const BENCH_HELP: &str = "\
 Without --io-path or --overhead: boots the built-in probe guest once per cache mode on a
 scratch image (--image, default a temporary file) with `probe=stream`, and prints per mode
 the guest-side IOPS and MB/s, host syncs per write, and whether a completed write is durable.
@@ -46,7 +47,6 @@ Examples:
 
 /// Options of `ferrite bench`.
 #[derive(Debug, Args)]
-#[command(long_about = BENCH_HELP)]
 pub struct BenchArgs {
     /// Benchmark the host-side I/O path (device + block backend, no guest)
     /// against fio on the same file, per cache mode, engine and workload.
