@@ -92,6 +92,14 @@ pub struct ErrorPolicy {
     pub read: ErrorAction,
 }
 
+impl ErrorPolicy {
+    /// QEMU's defaults for a drive: `werror=enospc`, `rerror=report`.
+    pub const QEMU: ErrorPolicy = ErrorPolicy {
+        write: ErrorAction::Enospc,
+        read: ErrorAction::Report,
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
