@@ -14,31 +14,9 @@ use std::time::{Duration, Instant};
 
 use block::{CacheMode, Completion, Disk, EngineKind, ErrorAction, ErrorPolicy, Op, Segment};
 use common::*;
-use crashfs::{CrashFs, Fault, FaultError};
+use crashfs::{Fault, FaultError};
 
-struct Rig {
-    fs: CrashFs,
-    _backing: tempfile::TempDir,
-    _mnt: tempfile::TempDir,
-}
-
-fn rig() -> Option<Rig> {
-    if let Some(reason) = crashfs::unavailable_reason() {
-        eprintln!("SKIP: {reason}");
-        return None;
-    }
-    let backing = scratch();
-    let mnt = scratch();
-    image(backing.path(), 1 << 20);
-    let fs = CrashFs::mount(backing.path(), mnt.path()).expect("mount crashfs");
-    Some(Rig {
-        fs,
-        _backing: backing,
-        _mnt: mnt,
-    })
-}
-
-fn open_with(rig: &Rig, engine: EngineKind, write: ErrorAction) -> Disk {
+fn open_with(rig: &Crash, engine: EngineKind, write: ErrorAction) -> Disk {
     let mut d = open(&rig.fs.path("disk.img"), CacheMode::Writeback, engine);
     d.set_error_policy(ErrorPolicy {
         write,
@@ -80,7 +58,9 @@ const QUIET: Duration = Duration::from_millis(300);
 const SOON: Duration = Duration::from_secs(10);
 
 fn held_write_waits_then_completes_in_order(engine: EngineKind) {
-    let Some(rig) = rig() else { return };
+    let Some(rig) = crashfs_with_image() else {
+        return;
+    };
     let mut d = open_with(&rig, engine, ErrorAction::Enospc);
     let (mut a, mut b, mut r) = (pattern(8192, 1), pattern(4096, 2), vec![0u8; 4096]);
     rig.fs.fail_writes(Some(Fault::always(FaultError::Enospc)));
@@ -157,7 +137,9 @@ fn held_write_waits_then_completes_in_order(engine: EngineKind) {
 }
 
 fn ignore_loses_the_data_and_report_answers_the_error(engine: EngineKind) {
-    let Some(rig) = rig() else { return };
+    let Some(rig) = crashfs_with_image() else {
+        return;
+    };
     let mut d = open_with(&rig, engine, ErrorAction::Ignore);
     rig.fs.fail_writes(Some(Fault::always(FaultError::Enospc)));
     let c = write_at(&mut d, 0, &pattern(4096, 7), 0, &[]);
@@ -186,7 +168,9 @@ fn ignore_loses_the_data_and_report_answers_the_error(engine: EngineKind) {
 }
 
 fn a_drain_answers_a_held_write_with_its_error(engine: EngineKind) {
-    let Some(rig) = rig() else { return };
+    let Some(rig) = crashfs_with_image() else {
+        return;
+    };
     let mut d = open_with(&rig, engine, ErrorAction::Stop);
     let mut a = pattern(4096, 3);
     rig.fs.fail_writes(Some(Fault::always(FaultError::Eio)));
