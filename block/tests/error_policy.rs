@@ -32,6 +32,20 @@ fn seg(buf: &mut [u8]) -> Vec<Segment> {
     }]
 }
 
+fn write(offset: u64, buf: &mut [u8]) -> Op {
+    Op::Write {
+        offset,
+        segments: seg(buf),
+    }
+}
+
+fn read(offset: u64, buf: &mut [u8]) -> Op {
+    Op::Read {
+        offset,
+        segments: seg(buf),
+    }
+}
+
 /// Submits and kicks `op` tagged `tag`.
 ///
 /// # Safety
@@ -65,16 +79,7 @@ fn held_write_waits_then_completes_in_order(engine: EngineKind) {
     let (mut a, mut b, mut r) = (pattern(8192, 1), pattern(4096, 2), vec![0u8; 4096]);
     rig.fs.fail_writes(Some(Fault::always(FaultError::Enospc)));
     // SAFETY: the buffers live to the end of the test.
-    unsafe {
-        submit(
-            &mut d,
-            Op::Write {
-                offset: 0,
-                segments: seg(&mut a),
-            },
-            1,
-        )
-    };
+    unsafe { submit(&mut d, write(0, &mut a), 1) };
     assert!(
         collect(&mut d, 1, QUIET).is_empty(),
         "a held write was answered"
@@ -88,27 +93,9 @@ fn held_write_waits_then_completes_in_order(engine: EngineKind) {
     // SAFETY: the buffers live to the end of the test.
     unsafe { submit(&mut d, Op::Flush, 2) };
     // SAFETY: the buffers live to the end of the test.
-    unsafe {
-        submit(
-            &mut d,
-            Op::Write {
-                offset: 4096,
-                segments: seg(&mut b),
-            },
-            3,
-        )
-    };
+    unsafe { submit(&mut d, write(4096, &mut b), 3) };
     // SAFETY: the buffers live to the end of the test.
-    unsafe {
-        submit(
-            &mut d,
-            Op::Read {
-                offset: 65536,
-                segments: seg(&mut r),
-            },
-            4,
-        )
-    };
+    unsafe { submit(&mut d, read(65536, &mut r), 4) };
     let got = collect(&mut d, 1, QUIET);
     let tags: Vec<u64> = got.iter().map(|c| c.user_data).collect();
     assert_eq!(tags, [4], "only the unrelated read completes");
@@ -175,16 +162,7 @@ fn a_drain_answers_a_held_write_with_its_error(engine: EngineKind) {
     let mut a = pattern(4096, 3);
     rig.fs.fail_writes(Some(Fault::always(FaultError::Eio)));
     // SAFETY: `a` outlives the completion (wait_idle below).
-    unsafe {
-        submit(
-            &mut d,
-            Op::Write {
-                offset: 0,
-                segments: seg(&mut a),
-            },
-            1,
-        )
-    };
+    unsafe { submit(&mut d, write(0, &mut a), 1) };
     assert!(collect(&mut d, 1, QUIET).is_empty());
     let mut out = Vec::new();
     d.wait_idle(&mut out);
