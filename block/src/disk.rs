@@ -14,6 +14,7 @@ use crate::inflight::{self, host_op, AlignedBuf, InFlight, IoVecs, Kind, Stage, 
 use crate::lifecycle::{step, Step};
 use crate::lock::ImageLock;
 use crate::open::Geometry;
+use crate::policy::ErrorPolicy;
 use crate::{BlockError, CacheMode, Completion, DiskStats, Op};
 
 /// Operations in flight at most, per disk.
@@ -88,6 +89,15 @@ pub struct Disk {
     /// `release_held` is running (it can be re-entered through an inline
     /// write's completion).
     releasing: bool,
+    /// What failed writes and reads get (`werror=`, `rerror=`).
+    policy: ErrorPolicy,
+    /// Slots whose request failed and is held until `retry_stopped`.
+    parked: Vec<usize>,
+    /// Requests in slots that were held after an error at least once
+    /// (parked, or retrying): while any, the disk is stopped.
+    fences: usize,
+    /// The error of the latest request held.
+    stop_errno: i32,
     eventfd: EventFd,
     /// This side wrote `eventfd` since the last `drain_completions` read
     /// it: one signal is enough until then, and a polling caller that
@@ -202,7 +212,9 @@ impl Disk {
                 if self.sync_failed {
                     return done(Err(BlockError::SyncFailedEarlier));
                 }
-                if !self.wce && self.write_gen == self.synced_gen {
+                // A held write has not completed: the flush must wait for
+                // it (in `start`), so it cannot be answered at once.
+                if !self.wce && self.write_gen == self.synced_gen && self.fences == 0 {
                     return done(Ok(0)); // writes are durable and nothing changed since
                 }
                 let gen = self.write_gen;
@@ -360,9 +372,10 @@ impl Disk {
             self.rmw_in_flight += 1;
         }
         // Only while a read-modify-write is in flight can two writes undo
-        // each other: the common case checks nothing.
-        r.held =
-            self.rmw_in_flight > 0 && self.slots.iter().flatten().any(|o| o.conflicts_with(&r));
+        // each other, and only behind a write held after an error must a
+        // request wait: the common case checks nothing.
+        r.held = (self.rmw_in_flight > 0 || self.fences > 0)
+            && self.slots.iter().flatten().any(|o| r.waits_for(o));
         let op = host_op(&r);
         let held = r.held;
         self.slots[slot] = Some(r);
@@ -387,7 +400,7 @@ impl Disk {
                 Some(r) => self.slots.iter().enumerate().any(|(j, o)| {
                     o.as_ref().is_some_and(|o| {
                         j != slot
-                            && o.conflicts_with(r)
+                            && r.waits_for(o)
                             && (!o.held || self.held.iter().take(i).any(|&h| h == j))
                     })
                 }),
@@ -450,7 +463,11 @@ impl Disk {
         if let Some(b) = &r.bounce {
             self.bounce_bytes -= b.len();
         }
+        if r.stop_errno != 0 {
+            self.fences -= 1;
+        }
         self.held.retain(|&h| h != slot);
+        self.parked.retain(|&p| p != slot);
         Some(r)
     }
 
@@ -480,6 +497,14 @@ impl Disk {
     fn quiesce(&mut self) {
         let _ = self.engine.kick();
         while self.active > 0 {
+            if self.only_held() {
+                // Waiting for the engine would never end.
+                if self.parked.is_empty() {
+                    break;
+                }
+                self.give_up_held();
+                continue;
+            }
             if let Err(e) = self.engine.wait() {
                 self.fail_all(e);
             }
@@ -508,10 +533,27 @@ impl Disk {
     /// Moves one request along after a host operation finished.
     fn advance(&mut self, c: RawCompletion) {
         let slot = c.tag as usize;
-        let Some(r) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
-            return;
+        let next = if self.intercept(slot, c.res) {
+            None
+        } else {
+            let Some(r) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
+                return;
+            };
+            let s = step(r, c.res);
+            self.stepped(slot, s)
         };
-        let next = match step(r, c.res) {
+        if let Some(op) = next {
+            self.push(slot, op);
+        }
+        if !self.held.is_empty() {
+            self.release_held();
+        }
+    }
+
+    /// Books what `step` said of the request in `slot`; its next host
+    /// operation, if any.
+    fn stepped(&mut self, slot: usize, s: Step) -> Option<HostOp> {
+        match s {
             Step::Again(op) => Some(op),
             Step::Done(result) => self.end(slot, result),
             Step::Synced(gen, result) => {
@@ -528,12 +570,6 @@ impl Disk {
                 self.supports_discard = false;
                 self.end(slot, Ok(0))
             }
-        };
-        if let Some(op) = next {
-            self.push(slot, op);
-        }
-        if !self.held.is_empty() {
-            self.release_held();
         }
     }
 
@@ -647,5 +683,6 @@ fn count_kind(s: &mut DiskStats, kind: Kind) {
 }
 
 mod control;
+mod hold;
 #[cfg(test)]
 mod tests;

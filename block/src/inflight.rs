@@ -94,6 +94,10 @@ pub(crate) struct InFlight {
     pub window: Option<Window>,
     /// Waits for an overlapping request before its first host operation.
     pub held: bool,
+    /// The host error it was held after (`werror=`/`rerror=` stop or
+    /// enospc), 0 if never: until it completes, a later flush and later
+    /// requests overlapping it wait.
+    pub stop_errno: i32,
 }
 
 impl InFlight {
@@ -116,6 +120,7 @@ impl InFlight {
             retries: 0,
             window: None,
             held: false,
+            stop_errno: 0,
         }
     }
 
@@ -221,6 +226,19 @@ impl InFlight {
             && (self.is_rmw() || other.is_rmw())
             && self.offset < other.offset + other.len
             && other.offset < self.offset + self.len
+    }
+
+    /// Whether `self`, arriving later, must wait for `other`: they
+    /// conflict (above), or `other` is a write held after an error and
+    /// `self` is a flush (which must not complete before it) or touches
+    /// its bytes (and must not pass it).
+    pub(crate) fn waits_for(&self, other: &InFlight) -> bool {
+        self.conflicts_with(other)
+            || (other.stop_errno != 0
+                && other.modifies()
+                && (self.kind == Kind::Flush
+                    || (self.offset < other.offset + other.len
+                        && other.offset < self.offset + self.len)))
     }
 
     /// Points the iovecs at the segments themselves.

@@ -23,6 +23,7 @@ mod lifecycle;
 mod lock;
 mod op;
 mod open;
+mod policy;
 mod stats;
 
 pub use cache::{CacheMode, CacheSwitches, ParseCacheModeError};
@@ -31,4 +32,5 @@ pub use engine::{io_uring_supported, EngineKind, ParseEngineKindError};
 pub use error::BlockError;
 pub use op::{Completion, Op, Segment};
 pub use open::probe_direct_io;
+pub use policy::{ErrorAction, ErrorPolicy, ParseErrorActionError};
 pub use stats::DiskStats;

@@ -29,6 +29,16 @@ Adds a virtio-blk disk (repeatable; the first is /dev/vda), with QEMU's -drive s
   snapshot=on|off         boot a throwaway copy (reflink where possible); the image never changes
   serial=ID               serial number the guest reads (at most 20 bytes)
   aio=io_uring|threads    I/O engine (default: io_uring when the host has it)
+  werror=ACTION, rerror=ACTION
+                          on a host write/read error (defaults werror=enospc, rerror=report):
+    report        the guest gets an I/O error
+    ignore        the guest is told it succeeded: the data is LOST (write) or not read (read)
+    enospc        on ENOSPC (host storage full) hold the request until space is freed;
+                  report other errors (werror only)
+    stop          hold the request on any error
+                  A held request is retried every second, and at once on SIGUSR1 to ferrite;
+                  later flushes and writes to the same blocks wait behind it. One line on
+                  stderr says when a disk stops and when it resumes.
   format=raw              the only format supported";
 
 const AFTER_HELP: &str = "\

@@ -60,6 +60,8 @@ pub enum DiskError {
 /// Where a disk sits: its MMIO window and its IRQ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DiskSlot {
+    /// The disk's place on the command line (0: /dev/vda), for messages.
+    pub index: usize,
     /// Window base.
     pub base: u64,
     /// IOAPIC pin / ISA IRQ.
@@ -95,8 +97,10 @@ pub fn attach(
     io_thread_start: Option<ThreadStart>,
 ) -> Result<Attached, DiskError> {
     let path = drive.path.display().to_string();
-    let disk = block::Disk::open(&drive.disk_config())?;
+    let mut disk = block::Disk::open(&drive.disk_config())?;
+    disk.set_error_policy(drive.errors);
     let opts = BlockOptions {
+        name: format!("disk {}", slot.index),
         serial: drive.serial.clone(),
         thread_start: io_thread_start,
         ..BlockOptions::default()

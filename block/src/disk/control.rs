@@ -12,6 +12,7 @@ use super::{dsync_fd, page_cache, Disk, DiskConfig, BOUNCE_CHUNK, QUEUE_DEPTH};
 use crate::engine::{self, DataFd, EngineKind};
 use crate::lock::ImageLock;
 use crate::open::{self, FileKind};
+use crate::policy::ErrorPolicy;
 use crate::{BlockError, CacheMode, DiskStats};
 
 impl Disk {
@@ -88,6 +89,10 @@ impl Disk {
             bounce_bytes: 0,
             held: VecDeque::new(),
             releasing: false,
+            policy: ErrorPolicy::default(),
+            parked: Vec::new(),
+            fences: 0,
+            stop_errno: 0,
             eventfd,
             signalled: false,
             file,

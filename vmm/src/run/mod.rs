@@ -390,6 +390,7 @@ fn throwaway_drive(path: PathBuf) -> DriveConfig {
         serial: None,
         engine: None,
         snapshot: false,
+        errors: block::ErrorPolicy::QEMU,
     }
 }
 
