@@ -9,11 +9,14 @@
 //!   (the oracle for "nothing outside the request's range changed");
 //! - [`rig`]: a real `BlockDevice` over a small patterned image behind a real
 //!   `MmioTransport`, reused across fuzz iterations;
+//! - [`diff`]: where two byte strings differ, without a per-byte loop
+//!   over equal stretches;
 //! - [`cases`] and [`seeds`]: the targets' input types, and the seed corpus
 //!   written from typed values (`cargo run --example seeds`).
 
 pub mod cases;
 pub mod chain;
+pub mod diff;
 pub mod layout;
 pub mod model;
 pub mod rig;

@@ -2,7 +2,9 @@
 //! transport, driven by register accesses from the fuzz target's thread.
 //!
 //! Rigs are built once per process and reused: each iteration starts with a
-//! device reset, which drains the I/O thread. Images live in
+//! device reset. The device runs inline, on the fuzzing thread: each
+//! message the transport sends it (DRIVER_OK, a `writeback` write, a reset)
+//! first runs all pending work to the end. Images live in
 //! `/dev/shm/ferrite-fuzz/<pid>-<kind>` (tmpfs: no disk I/O, and it supports
 //! hole punching); directories of dead processes are removed at start-up.
 
@@ -15,6 +17,7 @@ use block::{BlockError, CacheMode, Disk, DiskConfig, EngineKind};
 use devices::bus::BusDevice;
 use devices::interrupt::CountingInterrupt;
 use devices::virtio::block::device::WRITEBACK;
+use devices::virtio::block::BlockOptions;
 use devices::virtio::mmio::{MmioTransport, CONFIG_OFFSET};
 use devices::virtio::mmio_driver::{self, QueueAddrs};
 use devices::virtio::test_utils::reg;
@@ -160,7 +163,14 @@ impl Rig {
             }
             Err(e) => panic!("cannot open the fuzz disk {kind:?}: {e}"),
         };
-        let device = BlockDevice::new(disk, Some(SERIAL.into())).expect("start the device");
+        // Inline: the device works on the fuzzing thread, so an input costs
+        // no hand-off between threads (see BlockOptions::inline).
+        let opts = BlockOptions {
+            serial: Some(SERIAL.into()),
+            inline: true,
+            ..BlockOptions::default()
+        };
+        let device = BlockDevice::with_options(disk, opts).expect("start the device");
         let mem = guest_memory();
         let irq = Arc::new(CountingInterrupt::default());
         let transport = MmioTransport::new(device, mem.clone(), irq).expect("build the transport");
@@ -228,18 +238,13 @@ impl Rig {
         (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_BLK_F_CONFIG_WCE)
     }
 
-    /// Notifies queue 0, waits until the I/O thread has run a batch over
-    /// what guest memory holds, then resets the device (which waits for
-    /// in-flight I/O). `wce` is the `writeback` byte written meanwhile.
+    /// Notifies queue 0, lets the device run a batch over what guest memory
+    /// holds, then resets it (which waits for in-flight I/O). `wce` is the
+    /// `writeback` byte written meanwhile.
     ///
-    /// Why this is enough: per wake-up, the I/O thread first answers every
-    /// queued control message, then runs one batch. DRIVER_OK (activation)
-    /// and each `writeback` write are control messages the transport waits
-    /// for, and each is sent only after the previous one was answered. The
-    /// batch is skipped before the reset only if the thread answered all of
-    /// them in one go, which needs it to be preempted between answering and
-    /// looking for the next message three times in a row. The chains were
-    /// written before DRIVER_OK, so the first batch sees all of them.
+    /// The device runs inline: the notify itself sends no message, and the
+    /// first `writeback` write runs the batch (every chain was written
+    /// before DRIVER_OK) and completes it before the byte is handled.
     pub fn settle(&mut self, wce: u8) {
         self.write32(reg::QUEUE_NOTIFY, 0);
         let at = CONFIG_OFFSET + WRITEBACK as u64;
@@ -253,13 +258,9 @@ impl Rig {
         self.image
             .read_exact_at(&mut self.scratch, 0)
             .expect("read the fuzz image back");
-        let changed: Vec<u64> = self
-            .scratch
-            .iter()
-            .zip(&self.pattern)
-            .enumerate()
-            .filter(|(_, (a, b))| a != b)
-            .map(|(i, _)| i as u64)
+        let changed: Vec<u64> = crate::diff::changed_offsets(&self.scratch, &self.pattern)
+            .into_iter()
+            .map(|i| i as u64)
             .collect();
         if !changed.is_empty() {
             self.image

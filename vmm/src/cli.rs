@@ -279,7 +279,10 @@ mod tests {
                 panic!("{cmd}: no help");
             };
             let first = text.lines().next().unwrap();
-            assert!(help.contains(first), "{cmd} --help lacks {first:?}:\n{help}");
+            assert!(
+                help.contains(first),
+                "{cmd} --help lacks {first:?}:\n{help}"
+            );
         }
     }
 }

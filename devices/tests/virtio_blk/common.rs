@@ -57,6 +57,8 @@ pub struct Opts {
     pub poll_max: Duration,
     /// The host's logical block as the disk is forced to see it.
     pub block_size: u32,
+    /// `BlockOptions::inline`: no I/O thread.
+    pub inline: bool,
 }
 
 impl Default for Opts {
@@ -69,6 +71,7 @@ impl Default for Opts {
             sectors: SECTORS,
             poll_max: DEFAULT_POLL_MAX,
             block_size: 512,
+            inline: false,
         }
     }
 }
@@ -112,6 +115,7 @@ pub fn rig(opts: Opts) -> Option<Rig> {
         BlockOptions {
             serial: opts.serial,
             poll_max: opts.poll_max,
+            inline: opts.inline,
             ..BlockOptions::default()
         },
     )

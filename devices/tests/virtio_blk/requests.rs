@@ -541,3 +541,36 @@ fn sub_block_requests_on_a_4096_byte_host_block_in_every_mode() {
         assert_eq!(json["disk"]["errors"], 0, "{cache}");
     }
 }
+
+/// `BlockOptions::inline` (the fuzzers' mode): with no I/O thread, the
+/// message after a notify (here a `writeback` write) runs the batch to the
+/// end before it returns: the used entries are there at once, no waiting.
+#[test]
+fn an_inline_device_serves_the_queue_before_the_next_message_returns() {
+    for engine in engines() {
+        let Some(mut rig) = rig(Opts {
+            engine: Some(engine),
+            inline: true,
+            ..Opts::default()
+        }) else {
+            continue;
+        };
+        rig.init_all();
+        let data = vec![0xa5u8; 4096];
+        let w = rig.driver.blk_write(8, &data);
+        let r = rig.driver.blk_request(VIRTIO_BLK_T_IN, 8, &[4096], true);
+        rig.driver.notify();
+        let wce = rig.wce();
+        rig.set_wce(wce);
+        assert_eq!(rig.driver.used_idx(), 2, "{engine:?}: not served inline");
+        assert_eq!(rig.driver.status_of(&w), OK);
+        assert_eq!(rig.driver.status_of(&r), OK);
+        let mut read = vec![0u8; 4096];
+        rig.driver
+            .mem()
+            .read_slice(&mut read, r.data[0].addr)
+            .unwrap();
+        assert_eq!(read, data, "{engine:?}");
+        assert_eq!(&rig.file()[8 * 512..8 * 512 + 4096], &data[..]);
+    }
+}

@@ -141,6 +141,13 @@ pub struct BlockOptions {
     pub poll_max: Duration,
     /// How lines on stderr name the disk ("disk 0"; default "disk").
     pub name: String,
+    /// No I/O thread: every message the transport sends the device (DRIVER_OK,
+    /// a `writeback` write, a reset) first runs the device's pending work to
+    /// the end on the caller's thread. For harnesses that drive a device
+    /// from one thread (the fuzzers: no hand-off between threads per input,
+    /// and deterministic); never for a VM, whose vCPU must not wait for the
+    /// disk. `thread_start` and `poll_max` do not apply.
+    pub inline: bool,
 }
 
 impl Default for BlockOptions {
@@ -150,6 +157,7 @@ impl Default for BlockOptions {
             thread_start: None,
             poll_max: DEFAULT_POLL_MAX,
             name: "disk".into(),
+            inline: false,
         }
     }
 }
@@ -196,8 +204,7 @@ impl BlockDevice {
             limits,
             id,
             identity,
-            opts.thread_start,
-            opts.poll_max,
+            (!opts.inline).then_some((opts.thread_start, opts.poll_max)),
         )?;
         Ok(BlockDevice {
             features,

@@ -73,26 +73,30 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The shared end of the I/O thread: its mailbox, its published counters,
-/// and its join handle.
+/// and its join handle; or, inline, the device's state itself.
 pub(crate) struct Worker {
     tx: Sender<Control>,
     wake: EventFd,
     identity: Identity,
     live: Arc<Mutex<Live>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// `BlockOptions::inline`: served on the sender's thread.
+    inline: Option<Mutex<IoThread>>,
 }
 
 impl Worker {
-    /// Starts the I/O thread for `disk`.
+    /// Starts the I/O thread for `disk` with its start hook and poll
+    /// window, or with `thread` None serves it inline (see
+    /// `BlockOptions::inline`).
     pub(crate) fn spawn(
         disk: Disk,
         notify: &EventFd,
         limits: DiskLimits,
         id: [u8; ID_BYTES],
         identity: Identity,
-        start: Option<ThreadStart>,
-        poll_max: Duration,
+        thread: Option<(Option<ThreadStart>, Duration)>,
     ) -> Result<Arc<Worker>, BlockDeviceError> {
+        let poll_max = thread.as_ref().map_or(Duration::ZERO, |t| t.1);
         let ev = BlockDeviceError::Events;
         let wake = EventFd::new(libc::EFD_NONBLOCK).map_err(ev)?;
         let epoll = Epoll::new().map_err(ev)?;
@@ -119,7 +123,7 @@ impl Worker {
             ..Live::default()
         }));
         let (tx, rx) = mpsc::channel();
-        let io = IoThread {
+        let mut io = IoThread {
             slots: Vec::new(),
             free: Vec::new(),
             disk,
@@ -139,14 +143,22 @@ impl Worker {
             finished: Vec::new(),
             stall,
             retry: false,
+            stopped: false,
         };
-        let thread = start_thread(io, start)?;
+        let (thread, inline) = match thread {
+            Some((start, _)) => (Some(start_thread(io, start)?), None),
+            None => {
+                io.prepare();
+                (None, Some(Mutex::new(io)))
+            }
+        };
         Ok(Arc::new(Worker {
             tx,
             wake,
             identity,
             live,
-            thread: Mutex::new(Some(thread)),
+            thread: Mutex::new(thread),
+            inline,
         }))
     }
 
@@ -156,6 +168,14 @@ impl Worker {
             // A full counter means a wake-up is pending anyway.
             let _ = self.wake.write(1);
         }
+        self.run_inline();
+    }
+
+    /// Inline: runs what the message asked, and everything pending, now.
+    fn run_inline(&self) {
+        if let Some(io) = &self.inline {
+            locked(io).run_to_idle();
+        }
     }
 
     /// Sends a message and waits for its answer; None once the thread is gone.
@@ -164,6 +184,7 @@ impl Worker {
         self.tx.send(make(reply)).ok()?;
         // A full counter means a wake-up is pending anyway.
         let _ = self.wake.write(1);
+        self.run_inline();
         // If the thread exits first, the message (and `reply`) is dropped
         // and this returns None instead of waiting forever.
         answer.recv().ok()
@@ -181,6 +202,15 @@ impl Worker {
     /// Stops the thread and waits for it (idempotent; concurrent callers
     /// wait for the same stop), then gives the final report.
     pub(crate) fn stop(&self) -> BlockReport {
+        if let Some(io) = &self.inline {
+            let mut io = locked(io);
+            if !std::mem::replace(&mut io.stopped, true) {
+                io.shutdown();
+                io.publish();
+            }
+            drop(io);
+            return self.report();
+        }
         let mut thread = locked(&self.thread);
         if let Some(handle) = thread.take() {
             if self.tx.send(Control::Stop).is_ok() {
@@ -260,6 +290,8 @@ struct IoThread {
     stall: Stall,
     /// Retry held requests before the next batch.
     retry: bool,
+    /// Inline: shut down already.
+    stopped: bool,
 }
 
 enum Flow {
@@ -268,10 +300,15 @@ enum Flow {
 }
 
 impl IoThread {
-    fn run(mut self) {
+    /// One slot per request the disk can have in flight.
+    fn prepare(&mut self) {
         let depth = self.disk.queue_depth().max(1);
         self.slots = (0..depth).map(|_| None).collect();
         self.free = (0..depth).rev().collect();
+    }
+
+    fn run(mut self) {
+        self.prepare();
         let mut events = [EpollEvent::default(); 4];
         loop {
             if !self.poll_for_work() && !self.arm() {
@@ -295,22 +332,47 @@ impl IoThread {
                     }
                 }
             }
-            if let Flow::Stop = self.handle_control() {
+            if let Flow::Stop = self.step() {
                 break;
             }
-            if std::mem::take(&mut self.retry) {
-                self.disk.retry_stopped();
-            }
-            if self.active.is_none() {
-                // Nothing should complete with no driver attached; if
-                // something does, drop it rather than spin on it.
-                self.completions.clear();
-            }
-            self.process();
-            self.stall.update(&self.disk);
         }
         self.shutdown();
         self.publish();
+    }
+
+    /// The work of one wake-up: messages, retries, one batch.
+    fn step(&mut self) -> Flow {
+        if let Flow::Stop = self.handle_control() {
+            return Flow::Stop;
+        }
+        if std::mem::take(&mut self.retry) {
+            self.disk.retry_stopped();
+        }
+        if self.active.is_none() {
+            // Nothing should complete with no driver attached; if
+            // something does, drop it rather than spin on it.
+            self.completions.clear();
+        }
+        self.process();
+        self.stall.update(&self.disk);
+        Flow::Continue
+    }
+
+    /// Inline mode: steps until nothing is in flight and nothing is left to
+    /// take from the queue (engines that complete later are waited for).
+    fn run_to_idle(&mut self) {
+        if self.stopped {
+            return;
+        }
+        loop {
+            if let Flow::Stop = self.step() {
+                return;
+            }
+            self.disk.wait_idle(&mut self.completions);
+            if self.completions.is_empty() && !self.work_waiting() {
+                return;
+            }
+        }
     }
 
     /// Spins for up to `poll_max` until there is work; true if found.
