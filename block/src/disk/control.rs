@@ -88,6 +88,7 @@ impl Disk {
             held: VecDeque::new(),
             releasing: false,
             eventfd,
+            recorder: None,
             signalled: false,
             file,
             _lock: lock,
@@ -195,6 +196,7 @@ impl Disk {
         }
         if self.read_only || self.cache == CacheMode::Unsafe {
             self.wce = enabled;
+            self.record_write_cache();
             return Ok(());
         }
         self.quiesce();
@@ -212,6 +214,7 @@ impl Disk {
             self.fd_dsync = want_dsync;
         }
         self.wce = enabled;
+        self.record_write_cache();
         if !enabled {
             // What the cache held must be durable before writes are promised to be.
             self.sync_now()?;
