@@ -64,6 +64,10 @@ pub struct Cli {
 /// Subcommands besides booting a kernel.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Runs a workload with its disk's writes recorded, then boots a check on
+    /// every disk state a power cut could have left.
+    #[command(long_about = crate::crashtest::CRASHTEST_HELP)]
+    Crashtest(crate::crashtest::CrashtestArgs),
     /// Compares the cache modes through the probe guest, or benchmarks the
     /// host I/O path against fio (--io-path), or ferrite's own overhead (--overhead).
     Bench(crate::bench::BenchArgs),

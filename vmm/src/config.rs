@@ -23,6 +23,9 @@ pub struct DriveConfig {
     pub engine: Option<EngineKind>,
     /// `snapshot=on`: boot a throwaway copy; the image never changes.
     pub snapshot: bool,
+    /// Record the disk's writes into this directory (`ferrite crashtest`
+    /// sets it; not a `--drive` option).
+    pub record: Option<PathBuf>,
 }
 
 impl DriveConfig {
@@ -175,6 +178,7 @@ pub fn parse_drive(s: &str) -> Result<DriveConfig, DriveError> {
         serial,
         engine,
         snapshot,
+        record: None,
     })
 }
 

@@ -25,6 +25,9 @@ pub enum DiskError {
     /// The image could not be opened or locked (the message names it).
     #[error(transparent)]
     Open(#[from] block::BlockError),
+    /// `ferrite crashtest`'s recording could not start.
+    #[error(transparent)]
+    Record(#[from] block::crash::RecordError),
     /// The device could not start.
     #[error("drive {path}: {source}")]
     Device {
@@ -95,7 +98,10 @@ pub fn attach(
     io_thread_start: Option<ThreadStart>,
 ) -> Result<Attached, DiskError> {
     let path = drive.path.display().to_string();
-    let disk = block::Disk::open(&drive.disk_config())?;
+    let mut disk = block::Disk::open(&drive.disk_config())?;
+    if let Some(dir) = &drive.record {
+        disk.record_to(dir)?;
+    }
     let opts = BlockOptions {
         serial: drive.serial.clone(),
         thread_start: io_thread_start,
