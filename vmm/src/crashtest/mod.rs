@@ -360,7 +360,8 @@ mod tests {
     use super::*;
     use crate::cli::{parse, Command};
 
-    fn args(extra: &[&str]) -> CrashtestArgs {
+    /// `ferrite crashtest --kernel k --check true EXTRA...`, parsed.
+    pub(super) fn args(extra: &[&str]) -> CrashtestArgs {
         let mut all = vec!["ferrite", "crashtest", "--kernel", "k", "--check", "true"];
         all.extend(extra);
         match parse(all) {

@@ -233,22 +233,7 @@ mod tests {
                 FlushCompleted { id: 0 },
             ],
         };
-        let a = match crate::cli::parse([
-            "ferrite",
-            "crashtest",
-            "--kernel",
-            "k",
-            "--workload",
-            "w",
-            "--check",
-            "c",
-        ]) {
-            Ok(crate::cli::Cli {
-                command: Some(crate::cli::Command::Crashtest(a)),
-                ..
-            }) => a,
-            _ => panic!("parse"),
-        };
+        let a = super::super::tests::args(&["--workload", "w"]);
         let mut r = Report::new(&a, &log, 2, Duration::from_secs(1));
         assert_eq!(r.log_summary(), "4 events: 1 writes, 1 flushes");
         r.rows = vec![row(0, None), row(1, None)];
