@@ -14,4 +14,4 @@ mod states;
 pub use log::{Event, LogError, WriteLog};
 pub use record::{RecordError, Recorder, Source, DATA_FILE, EVENTS_FILE};
 pub use replay::Recording;
-pub use states::{analyse, generate, CrashState, Cut};
+pub use states::{analyse, generate, generate_torn, CrashState, Cut, Torn};

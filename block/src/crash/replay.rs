@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 
 use super::log::{Event, WriteLog};
 use super::record::{Line, RecordError, Source, DATA_FILE, EVENTS_FILE};
+use super::states::CrashState;
+
+/// The unit a torn write is kept or lost in.
+const SECTOR: usize = 512;
 
 /// A recording, read back: the log, and where each write's bytes are.
 #[derive(Debug)]
@@ -74,6 +78,27 @@ impl Recording {
     /// Writes the writes `kept` (ids, in apply order) into the image at
     /// `image`, which must already hold the base.
     pub fn apply(&self, image: &Path, kept: &[u64]) -> Result<(), RecordError> {
+        self.apply_torn(image, kept, &HashMap::new())
+    }
+
+    /// Writes `state` into the image at `image`, which must already hold
+    /// the base: its kept writes in order, of a torn one only the sectors
+    /// that reached the disk.
+    pub fn apply_state(&self, image: &Path, state: &CrashState) -> Result<(), RecordError> {
+        let torn = state
+            .torn
+            .iter()
+            .map(|t| (t.id, t.sectors.as_slice()))
+            .collect();
+        self.apply_torn(image, &state.kept, &torn)
+    }
+
+    fn apply_torn(
+        &self,
+        image: &Path,
+        kept: &[u64],
+        torn: &HashMap<u64, &[bool]>,
+    ) -> Result<(), RecordError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| RecordError::Io { path, source }
@@ -94,7 +119,17 @@ impl Recording {
             if let Source::File { at } = source {
                 data.read_exact_at(&mut buf, at).map_err(io(&self.data))?;
             }
-            out.write_all_at(&buf, offset).map_err(io(image))?;
+            match torn.get(id) {
+                None => out.write_all_at(&buf, offset).map_err(io(image))?,
+                Some(sectors) => {
+                    for (i, bytes) in buf.chunks(SECTOR).enumerate() {
+                        if sectors.get(i).copied().unwrap_or(false) {
+                            let at = offset + (i * SECTOR) as u64;
+                            out.write_all_at(bytes, at).map_err(io(image))?;
+                        }
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -145,6 +180,34 @@ mod tests {
             .iter()
             .all(|s| s.kept.first() == Some(&0) || s.cut < 4));
         assert!(rec.apply(&img, &[9]).is_err());
+    }
+
+    #[test]
+    fn a_torn_write_keeps_only_its_chosen_sectors() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = Recorder::create(dir.path(), true).unwrap();
+        r.write_submitted(1, 512, 1536, Some(&[&[7u8; 1536][..]]));
+        drop(r);
+        let rec = Recording::load(dir.path()).unwrap();
+        let img = dir.path().join("state.img");
+        std::fs::write(&img, vec![0u8; 4096]).unwrap();
+        let state = CrashState {
+            cut: 1,
+            kept: vec![0],
+            dropped: vec![],
+            torn: vec![super::super::states::Torn {
+                id: 0,
+                sectors: vec![true, false, true],
+            }],
+        };
+        rec.apply_state(&img, &state).unwrap();
+        let got = std::fs::read(&img).unwrap();
+        let sector = |i: usize| &got[i * 512..(i + 1) * 512];
+        assert!(sector(0).iter().all(|&b| b == 0));
+        assert!(sector(1).iter().all(|&b| b == 7));
+        assert!(sector(2).iter().all(|&b| b == 0));
+        assert!(sector(3).iter().all(|&b| b == 7));
+        assert!(got[2048..].iter().all(|&b| b == 0));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use block::crash::{generate, CrashState, RecordError, Recording};
+use block::crash::{generate, generate_torn, CrashState, RecordError, Recording};
 use block::CacheMode;
 use clap::Args;
 
@@ -82,6 +82,10 @@ pub struct CrashtestArgs {
     /// Seed of the random states.
     #[arg(long, value_name = "S", default_value_t = 0)]
     pub seed: u64,
+    /// Random states also tear writes in flight at their cut into random
+    /// sets of 512-byte sectors.
+    #[arg(long)]
+    pub tear: bool,
     /// Save the recording and the image of each failing state in DIR.
     #[arg(long, value_name = "DIR")]
     pub keep: Option<PathBuf>,
@@ -210,7 +214,11 @@ fn crashtest(args: &CrashtestArgs) -> Result<Report, CrashtestError> {
     };
     let workload_time = t0.elapsed();
     let recording = Recording::load(&rec_dir)?;
-    let states = generate(&recording.log, args.states, args.seed)?;
+    let states = if args.tear {
+        generate_torn(&recording.log, args.states, args.seed)?
+    } else {
+        generate(&recording.log, args.states, args.seed)?
+    };
     let mut report = Report::new(args, &recording.log, states.len(), workload_time);
     eprintln!(
         "ferrite crashtest: recorded {} in {:.0} s; checking {} states",
@@ -304,7 +312,7 @@ fn build(
     path: &Path,
 ) -> Result<(), CrashtestError> {
     snapshot::throwaway_copy(base, path)?;
-    recording.apply(path, &state.kept)?;
+    recording.apply_state(path, state)?;
     Ok(())
 }
 
@@ -340,6 +348,7 @@ fn check_state(
         cut: state.cut,
         kept: state.kept.len(),
         dropped: state.dropped.len(),
+        torn: state.torn.len(),
         status: verdict.status,
         fsck,
         output,

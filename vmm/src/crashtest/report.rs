@@ -20,6 +20,8 @@ pub struct StateRow {
     pub kept: usize,
     /// Writes submitted before the cut that are not.
     pub dropped: usize,
+    /// Kept writes that reached the disk only in part (`--tear`).
+    pub torn: usize,
     /// The check's exit status (as `ferrite run` reports it).
     pub status: i32,
     /// e2fsck's verdict, with `--fsck`.
@@ -46,6 +48,8 @@ pub struct Report {
     pub cache: String,
     /// The seed of the random states.
     pub seed: u64,
+    /// Random states tear in-flight writes (`--tear`).
+    pub tear: bool,
     /// Events in the log.
     pub events: usize,
     /// Writes recorded.
@@ -69,6 +73,7 @@ impl Report {
         Report {
             cache: args.cache.to_string(),
             seed: args.seed,
+            tear: args.tear,
             events: log.events.len(),
             writes: count(|e| matches!(e, Event::WriteSubmitted { .. })),
             flushes: count(|e| matches!(e, Event::FlushCompleted { .. })),
@@ -95,8 +100,8 @@ impl Report {
     /// The table's header.
     pub fn print_header(&self) {
         println!(
-            "{:>5}  {:>11}  {:>5}  {:>7}  {:<6}  check",
-            "state", "cut", "kept", "dropped", "fsck"
+            "{:>5}  {:>11}  {:>5}  {:>7}  {:>4}  {:<6}  check",
+            "state", "cut", "kept", "dropped", "torn", "fsck"
         );
     }
 
@@ -119,11 +124,12 @@ impl Report {
             format!("FAIL (status {}): {}", r.status, last.trim())
         };
         println!(
-            "{:>5}  {:>11}  {:>5}  {:>7}  {:<6}  {check}",
+            "{:>5}  {:>11}  {:>5}  {:>7}  {:>4}  {:<6}  {check}",
             r.state,
             format!("{}/{}", r.cut, self.events),
             r.kept,
             r.dropped,
+            r.torn,
             fsck
         );
     }
@@ -148,12 +154,13 @@ impl Report {
         match &args.keep {
             Some(keep) => {
                 println!(
-                    "reproduce: ferrite crashtest --kernel {} {} --recording {} --check '...' --states {} --seed {} --only {}",
+                    "reproduce: ferrite crashtest --kernel {} {} --recording {} --check '...' --states {} --seed {}{} --only {}",
                     args.kernel.display(),
                     root_arg(args),
                     keep.join("recording").display(),
                     args.states,
                     self.seed,
+                    if args.tear { " --tear" } else { "" },
                     numbers.join(",")
                 );
                 for r in &failed {
@@ -197,6 +204,7 @@ mod tests {
             cut: 3,
             kept: 1,
             dropped: 2,
+            torn: 0,
             status,
             fsck: fsck.map(|passed| Fsck {
                 passed,
