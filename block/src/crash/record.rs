@@ -9,10 +9,11 @@
 //!   `data` line saying where its bytes are;
 //! - `data.bin`: every write's bytes, appended once at submission.
 //!
-//! Nothing is kept in memory but the ids of the requests in flight, so a
-//! recording of any length costs the host disk space, not RAM. Recording
-//! costs each write one more buffered `write(2)` of its data (measured in
-//! the README, "Crash testing").
+//! Nothing is kept in memory but the ids of the requests in flight and two
+//! buffers (1 MiB of data, 64 KiB of events, written out when full and at
+//! each completed FLUSH), so a recording of any length costs the host disk
+//! space, not RAM. Recording costs each write a copy of its bytes and two
+//! JSON lines (measured in the README, "Crash testing").
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -107,7 +108,7 @@ enum Pending {
 pub struct Recorder {
     dir: PathBuf,
     events: BufWriter<File>,
-    data: File,
+    data: BufWriter<File>,
     data_len: u64,
     next_write: u64,
     next_flush: u64,
@@ -133,7 +134,7 @@ impl Recorder {
         let mut r = Recorder {
             dir: dir.to_path_buf(),
             events: BufWriter::with_capacity(64 << 10, events),
-            data,
+            data: BufWriter::with_capacity(1 << 20, data),
             data_len: 0,
             next_write: 0,
             next_flush: 0,
@@ -229,8 +230,12 @@ impl Recorder {
         }
     }
 
+    /// Gets the data, then the events that refer to it, out of the
+    /// buffers and onto the host.
     fn sync_events(&mut self) {
-        if let Err(e) = self.events.flush() {
+        if let Err(e) = self.data.flush() {
+            self.fail(format!("cannot write {DATA_FILE}: {e}"));
+        } else if let Err(e) = self.events.flush() {
             self.fail(format!("cannot write {EVENTS_FILE}: {e}"));
         }
     }
