@@ -60,6 +60,8 @@ impl Disk {
                     let pieces: Vec<&[u8]> = r
                         .segments
                         .iter()
+                        // An empty segment's address may be anything (null).
+                        .filter(|s| s.len > 0)
                         // SAFETY: submit's contract: each segment is valid
                         // for `len` bytes until this request completes, and
                         // it has not been queued yet.
