@@ -220,10 +220,13 @@ fn crashtest(args: &CrashtestArgs) -> Result<Report, CrashtestError> {
         generate(&recording.log, args.states, args.seed)?
     };
     let mut report = Report::new(args, &recording.log, states.len(), workload_time);
+    let source = match &args.recording {
+        Some(dir) => format!("read {}", dir.display()),
+        None => format!("recorded in {:.0} s", workload_time.as_secs_f64()),
+    };
     eprintln!(
-        "ferrite crashtest: recorded {} in {:.0} s; checking {} states",
+        "ferrite crashtest: {} ({source}); checking {} states",
         report.log_summary(),
-        workload_time.as_secs_f64(),
         states.len()
     );
 

@@ -151,39 +151,49 @@ impl Report {
             return;
         }
         let numbers: Vec<String> = failed.iter().map(|r| r.state.to_string()).collect();
-        match &args.keep {
-            Some(keep) => {
-                println!(
-                    "reproduce: ferrite crashtest --kernel {} {} --recording {} --check '...' --states {} --seed {}{} --only {}",
-                    args.kernel.display(),
-                    root_arg(args),
-                    keep.join("recording").display(),
-                    args.states,
-                    self.seed,
-                    if args.tear { " --tear" } else { "" },
-                    numbers.join(",")
-                );
-                for r in &failed {
-                    if let Some(img) = &r.kept_image {
-                        println!(
-                            "  state {}: ferrite run --kernel {} --image {} -- sh -c '...'",
-                            r.state,
-                            args.kernel.display(),
-                            img.display()
-                        );
-                    }
-                }
-            }
+        let recording = args
+            .recording
+            .clone()
+            .or_else(|| args.keep.as_ref().map(|k| k.join("recording")));
+        match recording {
+            Some(rec) => println!(
+                "reproduce: ferrite crashtest --kernel {} {} --recording {} --check {} --states {} --seed {}{} --only {}",
+                args.kernel.display(),
+                root_arg(args),
+                rec.display(),
+                sh_quote(&args.check),
+                args.states,
+                self.seed,
+                if args.tear { " --tear" } else { "" },
+                numbers.join(",")
+            ),
             None => println!(
                 "reproduce: add --keep DIR to save the recording and the failing images; then \
-                 --recording DIR/recording --seed {} --states {} --only {} checks these states again \
+                 --recording DIR/recording --seed {} --states {}{} --only {} checks these states again \
                  (a new workload run records anew, and its states can differ)",
                 self.seed,
                 args.states,
+                if args.tear { " --tear" } else { "" },
                 numbers.join(",")
             ),
         }
+        for r in &failed {
+            if let Some(img) = &r.kept_image {
+                println!(
+                    "  state {}: ferrite run --kernel {} --image {} -- sh -c {}",
+                    r.state,
+                    args.kernel.display(),
+                    img.display(),
+                    sh_quote(&args.check)
+                );
+            }
+        }
     }
+}
+
+/// `s` as one word for a POSIX shell.
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 fn root_arg(args: &CrashtestArgs) -> String {
@@ -214,6 +224,12 @@ mod tests {
             kept_image: None,
             seconds: 0.0,
         }
+    }
+
+    #[test]
+    fn commands_are_quoted_for_the_shell() {
+        assert_eq!(sh_quote("/app/check"), "'/app/check'");
+        assert_eq!(sh_quote("echo 'a b'"), r"'echo '\''a b'\'''");
     }
 
     #[test]
