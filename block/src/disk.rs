@@ -14,10 +14,17 @@ use crate::inflight::{self, host_op, AlignedBuf, InFlight, IoVecs, Kind, Stage, 
 use crate::lifecycle::{step, Step};
 use crate::lock::ImageLock;
 use crate::open::Geometry;
+use crate::policy::ErrorPolicy;
 use crate::{BlockError, CacheMode, Completion, DiskStats, Op};
 
 /// Operations in flight at most, per disk.
 pub const QUEUE_DEPTH: usize = 128;
+
+/// Largest bounce buffer one request holds (or its host block, if larger):
+/// a misaligned request longer than this moves through it a chunk at a
+/// time, so a disk never holds more than `QUEUE_DEPTH` of them (8 MiB),
+/// whatever the guest submits.
+pub const BOUNCE_CHUNK: usize = 64 << 10;
 
 /// virtio's unit: reads and writes are multiples of it on every host.
 const SECTOR: u64 = 512;
@@ -75,11 +82,22 @@ pub struct Disk {
     raw: Vec<RawCompletion>,
     /// Read-modify-writes in slots (held or running).
     rmw_in_flight: usize,
+    /// Bytes of bounce buffers held by requests in slots.
+    bounce_bytes: usize,
     /// Slots whose request waits for an overlapping one, oldest first.
     held: VecDeque<usize>,
     /// `release_held` is running (it can be re-entered through an inline
     /// write's completion).
     releasing: bool,
+    /// What failed writes and reads get (`werror=`, `rerror=`).
+    policy: ErrorPolicy,
+    /// Slots whose request failed and is held until `retry_stopped`.
+    parked: Vec<usize>,
+    /// Requests in slots that were held after an error at least once
+    /// (parked, or retrying): while any, the disk is stopped.
+    fences: usize,
+    /// The error of the latest request held.
+    stop_errno: i32,
     eventfd: EventFd,
     /// `ferrite crashtest`'s recorder, when this disk records.
     recorder: Option<Box<crate::crash::Recorder>>,
@@ -201,7 +219,9 @@ impl Disk {
                 if self.sync_failed {
                     return done(Err(BlockError::SyncFailedEarlier));
                 }
-                if !self.wce && self.write_gen == self.synced_gen {
+                // A held write has not completed: the flush must wait for
+                // it (in `start`), so it cannot be answered at once.
+                if !self.wce && self.write_gen == self.synced_gen && self.fences == 0 {
                     return done(Ok(0)); // writes are durable and nothing changed since
                 }
                 let gen = self.write_gen;
@@ -285,10 +305,13 @@ impl Disk {
             return Ok(r);
         }
         let align = self.geometry.mem_alignment.max(512);
-        let buf = AlignedBuf::zeroed(r.len as usize, align)
+        let size = (r.len as usize).min(self.bounce_chunk());
+        let buf = AlignedBuf::zeroed(size, align)
             .ok_or_else(|| BlockError::Io(io::Error::from(io::ErrorKind::OutOfMemory)))?;
+        self.bounce_bytes += size;
+        let peak = &mut self.stats.bounce_bytes_peak;
+        *peak = (*peak).max(self.bounce_bytes as u64);
         r.bounce = Some(buf);
-        r.bounce_iovec(r.len as usize);
         Ok(r)
     }
 
@@ -324,7 +347,6 @@ impl Disk {
         });
         (r.offset, r.len) = (start, end - start);
         if r.kind == Kind::Write {
-            r.stage = Stage::RmwRead;
             self.stats.read_modify_writes += 1;
         } else {
             self.stats.widened_reads += 1;
@@ -343,11 +365,9 @@ impl Disk {
     /// # Safety
     /// `r`'s caller segments are valid as `submit` requires.
     unsafe fn start(&mut self, mut r: InFlight) {
-        if let Some(b) = r.bounce.as_mut() {
-            if r.kind == Kind::Write && r.stage == Stage::Transfer {
-                // SAFETY: submit's contract: the segments are readable.
-                unsafe { inflight::gather(&r.segments, b, 0) };
-            }
+        if r.bounce.is_some() {
+            // SAFETY: submit's contract: the segments are readable.
+            unsafe { r.begin_chunk() };
         }
         let Some(slot) = self.free.pop() else {
             // Unreachable: in_flight() < QUEUE_DEPTH was checked.
@@ -359,9 +379,10 @@ impl Disk {
             self.rmw_in_flight += 1;
         }
         // Only while a read-modify-write is in flight can two writes undo
-        // each other: the common case checks nothing.
-        r.held =
-            self.rmw_in_flight > 0 && self.slots.iter().flatten().any(|o| o.conflicts_with(&r));
+        // each other, and only behind a write held after an error must a
+        // request wait: the common case checks nothing.
+        r.held = (self.rmw_in_flight > 0 || self.fences > 0)
+            && self.slots.iter().flatten().any(|o| r.waits_for(o));
         let op = host_op(&r);
         let held = r.held;
         self.slots[slot] = Some(r);
@@ -386,7 +407,7 @@ impl Disk {
                 Some(r) => self.slots.iter().enumerate().any(|(j, o)| {
                     o.as_ref().is_some_and(|o| {
                         j != slot
-                            && o.conflicts_with(r)
+                            && r.waits_for(o)
                             && (!o.held || self.held.iter().take(i).any(|&h| h == j))
                     })
                 }),
@@ -446,7 +467,14 @@ impl Disk {
         if r.is_rmw() {
             self.rmw_in_flight -= 1;
         }
+        if let Some(b) = &r.bounce {
+            self.bounce_bytes -= b.len();
+        }
+        if r.stop_errno != 0 {
+            self.fences -= 1;
+        }
         self.held.retain(|&h| h != slot);
+        self.parked.retain(|&p| p != slot);
         Some(r)
     }
 
@@ -476,6 +504,14 @@ impl Disk {
     fn quiesce(&mut self) {
         let _ = self.engine.kick();
         while self.active > 0 {
+            if self.only_held() {
+                // Waiting for the engine would never end.
+                if self.parked.is_empty() {
+                    break;
+                }
+                self.give_up_held();
+                continue;
+            }
             if let Err(e) = self.engine.wait() {
                 self.fail_all(e);
             }
@@ -504,10 +540,27 @@ impl Disk {
     /// Moves one request along after a host operation finished.
     fn advance(&mut self, c: RawCompletion) {
         let slot = c.tag as usize;
-        let Some(r) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
-            return;
+        let next = if self.intercept(slot, c.res) {
+            None
+        } else {
+            let Some(r) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
+                return;
+            };
+            let s = step(r, c.res);
+            self.stepped(slot, s)
         };
-        let next = match step(r, c.res) {
+        if let Some(op) = next {
+            self.push(slot, op);
+        }
+        if !self.held.is_empty() {
+            self.release_held();
+        }
+    }
+
+    /// Books what `step` said of the request in `slot`; its next host
+    /// operation, if any.
+    fn stepped(&mut self, slot: usize, s: Step) -> Option<HostOp> {
+        match s {
             Step::Again(op) => Some(op),
             Step::Done(result) => self.end(slot, result),
             Step::Synced(gen, result) => {
@@ -524,12 +577,6 @@ impl Disk {
                 self.supports_discard = false;
                 self.end(slot, Ok(0))
             }
-        };
-        if let Some(op) = next {
-            self.push(slot, op);
-        }
-        if !self.held.is_empty() {
-            self.release_held();
         }
     }
 
@@ -645,6 +692,7 @@ fn count_kind(s: &mut DiskStats, kind: Kind) {
 }
 
 mod control;
+mod hold;
 mod record;
 #[cfg(test)]
 mod tests;

@@ -69,8 +69,12 @@ pub(crate) struct InFlight {
     pub offset: u64,
     /// Total bytes to transfer (or to discard/zero).
     pub len: u64,
-    /// Bytes done in the current stage.
+    /// Bytes done in the current stage of the current chunk.
     pub done: u64,
+    /// Where the current chunk starts, in bytes from `offset`. A bounced
+    /// request moves through its range one bounce buffer at a time; one
+    /// that is not bounced is a single chunk.
+    pub chunk_start: u64,
     /// The caller's segments (read back into after a bounced read).
     pub segments: Vec<Segment>,
     pub iov: IoVecs,
@@ -90,6 +94,10 @@ pub(crate) struct InFlight {
     pub window: Option<Window>,
     /// Waits for an overlapping request before its first host operation.
     pub held: bool,
+    /// The host error it was held after (`werror=`/`rerror=` stop or
+    /// enospc), 0 if never: until it completes, a later flush and later
+    /// requests overlapping it wait.
+    pub stop_errno: i32,
 }
 
 impl InFlight {
@@ -101,6 +109,7 @@ impl InFlight {
             offset,
             len,
             done: 0,
+            chunk_start: 0,
             segments: Vec::new(),
             iov: IoVecs(Box::new([])),
             iov_start: 0,
@@ -111,12 +120,91 @@ impl InFlight {
             retries: 0,
             window: None,
             held: false,
+            stop_errno: 0,
         }
     }
 
     /// Bytes the caller asked for (the completion's count on success).
     pub(crate) fn caller_len(&self) -> u32 {
         self.window.map_or(self.len, |w| w.len as u64) as u32
+    }
+
+    /// Length of the current chunk: at most the bounce buffer, the whole
+    /// rest of the range when not bounced.
+    pub(crate) fn chunk_len(&self) -> u64 {
+        let rest = self.len.saturating_sub(self.chunk_start);
+        self.bounce
+            .as_ref()
+            .map_or(rest, |b| rest.min(b.len() as u64))
+    }
+
+    /// Whether a chunk follows the current one.
+    pub(crate) fn more_chunks(&self) -> bool {
+        self.chunk_start + self.chunk_len() < self.len
+    }
+
+    /// The caller's bytes inside the current chunk: (offset in the bounce
+    /// buffer, offset in the caller's segments, length).
+    fn chunk_window(&self) -> (usize, usize, usize) {
+        let w = self.window.unwrap_or(Window {
+            skip: 0,
+            len: self.len as usize,
+        });
+        let start = self.chunk_start as usize;
+        let lo = start.max(w.skip);
+        let hi = (start + self.chunk_len() as usize).min(w.skip + w.len);
+        (lo - start, lo - w.skip, hi.saturating_sub(lo))
+    }
+
+    /// Sets up the current chunk of a bounced request (`chunk_start` set):
+    /// a read reads it; a write whose chunk holds host-block bytes outside
+    /// the caller's (read-modify-write) reads it first, else copies the
+    /// caller's bytes in and writes them.
+    ///
+    /// # Safety
+    /// The caller's segments are readable, as `Disk::submit` requires.
+    pub(crate) unsafe fn begin_chunk(&mut self) {
+        self.done = 0;
+        self.bounce_iovec(self.chunk_len() as usize);
+        if self.kind != Kind::Write {
+            self.stage = Stage::Transfer;
+            return;
+        }
+        let (_, _, n) = self.chunk_window();
+        if n as u64 == self.chunk_len() {
+            // SAFETY: forwarded from this function's contract.
+            unsafe { self.gather_chunk() };
+            self.stage = Stage::Transfer;
+        } else {
+            self.stage = Stage::RmwRead;
+        }
+    }
+
+    /// Copies the caller's bytes of the current chunk into the bounce
+    /// buffer.
+    ///
+    /// # Safety
+    /// The caller's segments are readable, as `Disk::submit` requires.
+    pub(crate) unsafe fn gather_chunk(&mut self) {
+        let (at, from, n) = self.chunk_window();
+        if let Some(b) = self.bounce.as_mut() {
+            // SAFETY: forwarded from this function's contract.
+            unsafe { gather(&self.segments, from, n, b, at) };
+        }
+    }
+
+    /// Copies the caller's bytes of the current chunk out of the bounce
+    /// buffer.
+    ///
+    /// # Safety
+    /// The caller's segments are writable and not otherwise accessed, as
+    /// `Disk::submit` requires.
+    pub(crate) unsafe fn scatter_chunk(&self) {
+        let (at, from, n) = self.chunk_window();
+        if let Some(b) = &self.bounce {
+            // SAFETY: forwarded from this function's contract.
+            unsafe { scatter(b, at, n, &self.segments, from) };
+        }
     }
 
     /// A write, discard or write-zeroes: it changes the image.
@@ -138,6 +226,19 @@ impl InFlight {
             && (self.is_rmw() || other.is_rmw())
             && self.offset < other.offset + other.len
             && other.offset < self.offset + self.len
+    }
+
+    /// Whether `self`, arriving later, must wait for `other`: they
+    /// conflict (above), or `other` is a write held after an error and
+    /// `self` is a flush (which must not complete before it) or touches
+    /// its bytes (and must not pass it).
+    pub(crate) fn waits_for(&self, other: &InFlight) -> bool {
+        self.conflicts_with(other)
+            || (other.stop_errno != 0
+                && other.modifies()
+                && (self.kind == Kind::Flush
+                    || (self.offset < other.offset + other.len
+                        && other.offset < self.offset + self.len)))
     }
 
     /// Points the iovecs at the segments themselves.
@@ -163,6 +264,16 @@ impl InFlight {
         self.iov = IoVecs(Box::new([libc::iovec {
             iov_base: base.cast(),
             iov_len: len.min(cap),
+        }]));
+        self.iov_start = 0;
+    }
+
+    /// Points one iovec at `len` (at most `ZERO_CHUNK`) shared zero bytes.
+    pub(crate) fn zero_iovec(&mut self, len: usize) {
+        self.iov = IoVecs(Box::new([libc::iovec {
+            // The kernel only reads it (a write's source): never written.
+            iov_base: ZEROS.0.as_ptr().cast_mut().cast(),
+            iov_len: len.min(ZERO_CHUNK),
         }]));
         self.iov_start = 0;
     }
@@ -193,7 +304,7 @@ impl InFlight {
 /// The host operation for the current stage of `r`.
 pub(crate) fn host_op(r: &InFlight) -> HostOp {
     let (iov, count) = r.pending_iovecs();
-    let offset = r.offset + r.done;
+    let offset = r.offset + r.chunk_start + r.done;
     match (r.stage, r.kind) {
         (Stage::Transfer, Kind::Read) | (Stage::RmwRead, _) => HostOp::Readv { iov, count, offset },
         (Stage::Transfer, _) | (Stage::ZeroFill, _) => HostOp::Writev {
@@ -210,6 +321,18 @@ pub(crate) fn host_op(r: &InFlight) -> HostOp {
         },
     }
 }
+
+/// Bytes of zeros a write-zeroes written by hand (the file system can
+/// neither punch holes nor zero ranges) writes per host call.
+pub(crate) const ZERO_CHUNK: usize = 256 << 10;
+
+/// Zeros to write from, aligned for O_DIRECT.
+#[repr(C, align(4096))]
+struct Zeros([u8; ZERO_CHUNK]);
+
+/// Shared by every request: the kernel only reads it, so writing zeros
+/// costs no memory per request.
+static ZEROS: Zeros = Zeros([0; ZERO_CHUNK]);
 
 /// Most segments one vectored host call takes (Linux UIO_MAXIOV). A request
 /// with more is bounced into a single segment.
@@ -275,43 +398,78 @@ pub(crate) fn needs_bounce(segments: &[Segment], align: usize) -> bool {
                 .any(|s| !(s.addr as usize).is_multiple_of(align) || !s.len.is_multiple_of(align)))
 }
 
-/// Copies the segments, in order, into `buf` from byte `skip` on.
+/// The caller's segments from byte `from` on, as (segment, offset in it)
+/// pairs of the bytes that remain.
+fn segments_from(segments: &[Segment], mut from: usize) -> impl Iterator<Item = Segment> + '_ {
+    segments.iter().filter_map(move |s| {
+        if from >= s.len {
+            from -= s.len;
+            return None;
+        }
+        let rest = Segment {
+            addr: s.addr.wrapping_add(from),
+            len: s.len - from,
+        };
+        from = 0;
+        Some(rest)
+    })
+}
+
+/// Copies `n` bytes of the caller's segments, starting `from` bytes into
+/// them, into `buf` at byte `at`.
 ///
 /// # Safety
 /// Each segment must be valid for reads of `len` bytes and not overlap `buf`.
-pub(crate) unsafe fn gather(segments: &[Segment], buf: &mut AlignedBuf, skip: usize) {
+pub(crate) unsafe fn gather(
+    segments: &[Segment],
+    from: usize,
+    n: usize,
+    buf: &mut AlignedBuf,
+    at: usize,
+) {
     let all = buf.as_mut_slice();
-    let from = skip.min(all.len());
-    let dst = &mut all[from..];
-    let mut at = 0;
-    for s in segments {
-        let n = s.len.min(dst.len() - at);
-        // SAFETY: the caller guarantees s.addr is readable for s.len >= n
-        // bytes; dst[at..at + n] is in bounds by the min above.
-        unsafe { std::ptr::copy_nonoverlapping(s.addr, dst[at..].as_mut_ptr(), n) };
-        at += n;
+    let at = at.min(all.len());
+    let end = at + n.min(all.len() - at);
+    let dst = &mut all[at..end];
+    let mut done = 0;
+    for s in segments_from(segments, from) {
+        if done >= dst.len() {
+            break;
+        }
+        let k = s.len.min(dst.len() - done);
+        // SAFETY: the caller guarantees the segment is readable for its
+        // length >= k (`segments_from` only moves inside it); dst[done..
+        // done + k] is in bounds by the min above.
+        unsafe { std::ptr::copy_nonoverlapping(s.addr, dst[done..].as_mut_ptr(), k) };
+        done += k;
     }
 }
 
-/// Copies `n` bytes of `buf` from byte `skip` on out over the segments, in
-/// order.
+/// Copies `n` bytes of `buf` from byte `at` on out over the caller's
+/// segments, starting `from` bytes into them.
 ///
 /// # Safety
 /// Each segment must be valid for writes of `len` bytes and not overlap `buf`.
-pub(crate) unsafe fn scatter(buf: &AlignedBuf, skip: usize, n: usize, segments: &[Segment]) {
+pub(crate) unsafe fn scatter(
+    buf: &AlignedBuf,
+    at: usize,
+    n: usize,
+    segments: &[Segment],
+    from: usize,
+) {
     let all = buf.as_slice();
-    let from = skip.min(all.len());
-    let src = &all[from..from + n.min(all.len() - from)];
-    let mut at = 0;
-    for s in segments {
-        if at >= src.len() {
+    let at = at.min(all.len());
+    let src = &all[at..at + n.min(all.len() - at)];
+    let mut done = 0;
+    for s in segments_from(segments, from) {
+        if done >= src.len() {
             break;
         }
-        let k = s.len.min(src.len() - at);
-        // SAFETY: the caller guarantees s.addr is writable for s.len >= k
-        // bytes; src[at..at + k] is in bounds by the min above.
-        unsafe { std::ptr::copy_nonoverlapping(src[at..].as_ptr(), s.addr, k) };
-        at += k;
+        let k = s.len.min(src.len() - done);
+        // SAFETY: the caller guarantees the segment is writable for its
+        // length >= k; src[done..done + k] is in bounds by the min above.
+        unsafe { std::ptr::copy_nonoverlapping(src[done..].as_ptr(), s.addr, k) };
+        done += k;
     }
 }
 
@@ -400,24 +558,38 @@ mod tests {
         let segs = [seg(&mut a), seg(&mut b)];
         let mut buf = AlignedBuf::zeroed(1024, 512).expect("alloc");
         // SAFETY: the segments point into live vectors distinct from buf.
-        unsafe { gather(&segs, &mut buf, 0) };
+        unsafe { gather(&segs, 0, 1024, &mut buf, 0) };
         assert_eq!(buf.as_slice(), &expect[..]);
         let mut c = vec![0u8; 1000];
         let mut d = vec![0u8; 24];
         let out = [seg(&mut c), seg(&mut d)];
         // SAFETY: as above.
-        unsafe { scatter(&buf, 0, 1024, &out) };
+        unsafe { scatter(&buf, 0, 1024, &out, 0) };
         assert_eq!(c[..], expect[..1000]);
         assert_eq!(d[..], expect[1000..]);
         // With an offset: the caller's bytes in the middle of host blocks.
         let mut e = vec![0u8; 100];
         let out = [seg(&mut e)];
         // SAFETY: as above.
-        unsafe { scatter(&buf, 700, 100, &out) };
+        unsafe { scatter(&buf, 700, 100, &out, 0) };
         assert_eq!(e[..], expect[700..800]);
         let mut f = vec![9u8; 24];
         // SAFETY: as above.
-        unsafe { gather(&[seg(&mut f)], &mut buf, 1000) };
+        unsafe { gather(&[seg(&mut f)], 0, 24, &mut buf, 1000) };
         assert!(buf.as_slice()[1000..].iter().all(|&x| x == 9));
+        // From the middle of the caller's segments, across a boundary.
+        let mut g = vec![0u8; 50];
+        let mut h = vec![0u8; 50];
+        let out = [seg(&mut g), seg(&mut h)];
+        // SAFETY: as above.
+        unsafe { scatter(&buf, 0, 60, &out, 30) };
+        assert_eq!(g[30..], expect[..20]);
+        assert_eq!(h[..40], expect[20..60]);
+        assert!(g[..30].iter().all(|&x| x == 0) && h[40..].iter().all(|&x| x == 0));
+        let mut back = AlignedBuf::zeroed(512, 512).expect("alloc");
+        // SAFETY: as above.
+        unsafe { gather(&out, 40, 20, &mut back, 100) };
+        assert_eq!(back.as_slice()[100..110], expect[10..20]);
+        assert_eq!(back.as_slice()[110..120], expect[20..30]);
     }
 }

@@ -23,12 +23,14 @@ mod lifecycle;
 mod lock;
 mod op;
 mod open;
+mod policy;
 mod stats;
 
 pub use cache::{CacheMode, CacheSwitches, ParseCacheModeError};
-pub use disk::{Disk, DiskConfig, QUEUE_DEPTH};
+pub use disk::{Disk, DiskConfig, BOUNCE_CHUNK, QUEUE_DEPTH};
 pub use engine::{io_uring_supported, EngineKind, ParseEngineKindError};
 pub use error::BlockError;
 pub use op::{Completion, Op, Segment};
 pub use open::probe_direct_io;
+pub use policy::{ErrorAction, ErrorPolicy, ParseErrorActionError};
 pub use stats::DiskStats;

@@ -7,11 +7,8 @@
 use std::io;
 
 use crate::engine::HostOp;
-use crate::inflight::{self as bounce, host_op, AlignedBuf, InFlight, Kind, Stage};
+use crate::inflight::{host_op, InFlight, Kind, Stage, ZERO_CHUNK};
 use crate::BlockError;
-
-/// Largest zero buffer a write-zeroes fallback allocates.
-const ZERO_CHUNK: usize = 1 << 20;
 
 /// How often an operation interrupted (EINTR/EAGAIN) is retried.
 const MAX_RETRIES: u8 = 16;
@@ -58,12 +55,6 @@ pub(crate) fn step(r: &mut InFlight, res: i64) -> Step {
             }
             if unsupported {
                 // No way to zero a range in place: write zeros.
-                let Some(buf) = AlignedBuf::zeroed((r.len as usize).min(ZERO_CHUNK), 4096) else {
-                    return Step::Done(Err(BlockError::Io(io::Error::from(
-                        io::ErrorKind::OutOfMemory,
-                    ))));
-                };
-                r.bounce = Some(buf);
                 r.stage = Stage::ZeroFill;
                 r.sync_after = r.sync_after && !(r.rwf_dsync || r.fd_dsync);
                 return Step::Again(zero_chunk(r));
@@ -102,18 +93,23 @@ fn transfer_done(r: &mut InFlight, res: i64) -> Step {
     if r.stage == Stage::ZeroFill {
         return Step::Modified(Ok(next_zero_chunk(r)));
     }
-    if r.done < r.len {
+    if r.done < r.chunk_len() {
         r.advance(res as usize);
+        return Step::Again(host_op(r));
+    }
+    if !writing {
+        // SAFETY: submit's contract: the segments are writable and
+        // untouched by anyone else until this completion is returned.
+        unsafe { r.scatter_chunk() };
+    }
+    if r.more_chunks() {
+        r.chunk_start += r.chunk_len();
+        // SAFETY: submit's contract: the segments are readable.
+        unsafe { r.begin_chunk() };
         return Step::Again(host_op(r));
     }
     if writing {
         return Step::Modified(Ok(None));
-    }
-    if let Some(b) = &r.bounce {
-        let skip = r.window.map_or(0, |w| w.skip);
-        // SAFETY: submit's contract: the segments are writable and
-        // untouched by anyone else until this completion is returned.
-        unsafe { bounce::scatter(b, skip, r.caller_len() as usize, &r.segments) };
     }
     Step::Done(Ok(r.caller_len()))
 }
@@ -131,18 +127,16 @@ fn rmw_read_done(r: &mut InFlight, res: i64) -> Step {
         return Step::Done(Err(short_transfer(r, false)));
     }
     r.done += res as u64;
-    if r.done < r.len {
+    if r.done < r.chunk_len() {
         r.advance(res as usize);
         return Step::Again(host_op(r));
     }
-    if let (Some(b), Some(w)) = (r.bounce.as_mut(), r.window) {
-        // SAFETY: submit's contract: the segments are readable and
-        // untouched by anyone else until this completion is returned.
-        unsafe { bounce::gather(&r.segments, b, w.skip) };
-    }
+    // SAFETY: submit's contract: the segments are readable and untouched
+    // by anyone else until this completion is returned.
+    unsafe { r.gather_chunk() };
     r.stage = Stage::Transfer;
     r.done = 0;
-    r.bounce_iovec(r.len as usize);
+    r.bounce_iovec(r.chunk_len() as usize);
     Step::Again(host_op(r))
 }
 
@@ -160,9 +154,8 @@ fn next_zero_chunk(r: &mut InFlight) -> Option<HostOp> {
 
 /// The write of the next chunk of zeros.
 fn zero_chunk(r: &mut InFlight) -> HostOp {
-    let cap = r.bounce.as_ref().map_or(0, |b| b.len()) as u64;
-    let n = (r.len - r.done).min(cap);
-    r.bounce_iovec(n as usize);
+    let n = (r.len - r.done).min(ZERO_CHUNK as u64);
+    r.zero_iovec(n as usize);
     let (iov, count) = r.pending_iovecs();
     HostOp::Writev {
         iov,
@@ -183,7 +176,9 @@ fn short_transfer(r: &InFlight, writing: bool) -> BlockError {
         kind,
         format!(
             "short {what}: {} of {} bytes at offset {} transferred",
-            r.done, r.len, r.offset
+            r.chunk_start + r.done,
+            r.len,
+            r.offset
         ),
     ))
 }

@@ -4,7 +4,8 @@
 //! {"reads":12,"writes":40,"flushes":3,"discards":0,"write_zeroes":1,
 //!  "bytes_read":49152,"bytes_written":163840,"host_syncs":43,
 //!  "fdatasyncs":3,"dsync_writes":40,"bounced":2,"widened_reads":0,
-//!  "read_modify_writes":0,"errors":0}
+//!  "read_modify_writes":0,"bounce_bytes_peak":131072,"errors":0,
+//!  "stops":0,"stop_retries":0,"errors_ignored":0}
 //! ```
 //!
 //! Requests are counted when they complete (successfully or not); bytes only
@@ -45,8 +46,19 @@ pub struct DiskStats {
     /// served by reading the whole host blocks, changing the guest's bytes
     /// and writing them back (serialized against overlapping writes).
     pub read_modify_writes: u64,
+    /// Most bytes of bounce buffers held at once. Bounded by
+    /// `Disk::bounce_budget` (8 MiB) whatever the guest submits: a larger
+    /// misaligned request goes through its buffer a chunk at a time.
+    pub bounce_bytes_peak: u64,
     /// Requests that ended in an error (host errors and refused requests).
     pub errors: u64,
+    /// Times the disk stopped: a request failed under `werror=`/`rerror=`
+    /// `stop` (or `enospc` on ENOSPC) and was held, none being held before.
+    pub stops: u64,
+    /// Held requests pushed again (on the timer or the user's signal).
+    pub stop_retries: u64,
+    /// Failed requests answered as successful under `ignore`.
+    pub errors_ignored: u64,
 }
 
 impl DiskStats {
@@ -89,7 +101,11 @@ mod tests {
             "bounced",
             "widened_reads",
             "read_modify_writes",
+            "bounce_bytes_peak",
             "errors",
+            "stops",
+            "stop_retries",
+            "errors_ignored",
         ] {
             assert!(j.get(k).is_some(), "missing {k} in {j}");
         }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use block::{BlockError, CacheMode, Disk, EngineKind, Op};
 use common::*;
-use crashfs::{CrashFs, Fault, FaultError};
+use crashfs::{Fault, FaultError};
 
 /// A file system mounted for one test, unmounted on drop.
 struct Mounted {
@@ -138,29 +138,6 @@ fn direct_io_refused_with_advice() {
     for mode in [CacheMode::Writeback, CacheMode::Writethrough] {
         Disk::open(&config(&img, mode, EngineKind::Sync, false)).expect("buffered open on ramfs");
     }
-}
-
-/// A crashfs mount whose backing directory holds a 1 MiB image.
-struct Crash {
-    fs: CrashFs,
-    _backing: tempfile::TempDir,
-    _mnt: tempfile::TempDir,
-}
-
-fn crashfs_with_image() -> Option<Crash> {
-    if let Some(reason) = crashfs::unavailable_reason() {
-        eprintln!("SKIP: {reason}");
-        return None;
-    }
-    let backing = scratch();
-    let mnt = scratch();
-    image(backing.path(), 1 << 20);
-    let fs = CrashFs::mount(backing.path(), mnt.path()).expect("mount crashfs");
-    Some(Crash {
-        fs,
-        _backing: backing,
-        _mnt: mnt,
-    })
 }
 
 /// After a failed fdatasync on a buffered image every later flush fails;

@@ -105,25 +105,32 @@ impl Holder {
     /// two entries, bytes 100 (and 101 for a writer) and 201.
     fn qemu_vm(img: &Path, read_only: bool) -> Holder {
         let mut cmd = Command::new("qemu-system-x86_64");
-        let ro = if read_only { ",readonly=on" } else { "" };
-        cmd.args([
-            "-machine",
-            "q35",
-            "-accel",
-            "tcg",
-            "-S",
-            "-display",
-            "none",
-            "-nodefaults",
-        ])
-        .arg("-drive")
-        .arg(format!(
-            "file={},format=raw,if=none,id=d0{ro}",
-            img.display()
-        ))
-        .args(["-device", "virtio-blk-pci,drive=d0"]);
+        cmd.args(qemu_vm_args(img, read_only));
         Holder::start(cmd, img, 2)
     }
+}
+
+/// The arguments of a stopped QEMU VM (`-S`: no firmware runs) with a
+/// virtio-blk drive on `img`.
+fn qemu_vm_args(img: &Path, read_only: bool) -> Vec<String> {
+    let ro = if read_only { ",readonly=on" } else { "" };
+    let drive = format!("file={},format=raw,if=none,id=d0{ro}", img.display());
+    [
+        "-machine",
+        "q35",
+        "-accel",
+        "tcg",
+        "-S",
+        "-display",
+        "none",
+        "-nodefaults",
+        "-drive",
+        &drive,
+        "-device",
+        "virtio-blk-pci,drive=d0",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 impl Drop for Holder {
@@ -246,19 +253,7 @@ fn a_qemu_vm_and_ferrite_exclude_each_other_as_two_vms_do() {
     // `timeout`: were the lock not refused, the stopped VM would wait forever.
     let out = Command::new("timeout")
         .args(["20", "qemu-system-x86_64"])
-        .args([
-            "-machine",
-            "q35",
-            "-accel",
-            "tcg",
-            "-S",
-            "-display",
-            "none",
-            "-nodefaults",
-        ])
-        .arg("-drive")
-        .arg(format!("file={},format=raw,if=none,id=d0", img.display()))
-        .args(["-device", "virtio-blk-pci,drive=d0"])
+        .args(qemu_vm_args(&img, false))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

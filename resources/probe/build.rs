@@ -20,6 +20,7 @@ const SOURCES: &[&str] = &[
     "virtio.c",
     "scenarios.c",
     "stream.c",
+    "bounce.c",
 ];
 const OTHER_INPUTS: &[&str] = &["probe.h", "link.ld"];
 

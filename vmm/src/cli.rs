@@ -29,6 +29,16 @@ Adds a virtio-blk disk (repeatable; the first is /dev/vda), with QEMU's -drive s
   snapshot=on|off         boot a throwaway copy (reflink where possible); the image never changes
   serial=ID               serial number the guest reads (at most 20 bytes)
   aio=io_uring|threads    I/O engine (default: io_uring when the host has it)
+  werror=ACTION, rerror=ACTION
+                          on a host write/read error (defaults werror=enospc, rerror=report):
+    report        the guest gets an I/O error
+    ignore        the guest is told it succeeded: the data is LOST (write) or not read (read)
+    enospc        on ENOSPC (host storage full) hold the request until space is freed;
+                  report other errors (werror only)
+    stop          hold the request on any error
+                  A held request is retried every second, and at once on SIGUSR1 to ferrite;
+                  later flushes and writes to the same blocks wait behind it. One line on
+                  stderr says when a disk stops and when it resumes.
   format=raw              the only format supported";
 
 const AFTER_HELP: &str = "\
@@ -70,9 +80,13 @@ pub enum Command {
     Crashtest(crate::crashtest::CrashtestArgs),
     /// Compares the cache modes through the probe guest, or benchmarks the
     /// host I/O path against fio (--io-path), or ferrite's own overhead (--overhead).
+    // A variant's doc comment would replace the Args' own long text: name
+    // it here (as for `run`).
+    #[command(long_about = crate::bench::BENCH_HELP)]
     Bench(crate::bench::BenchArgs),
     /// Boots the built-in probe guest on one scratch disk per cache mode and
     /// shows what the guest saw and what the host did.
+    #[command(long_about = crate::demo::DEMO_HELP)]
     Demo(crate::demo::DemoArgs),
     /// Boots a kernel, runs one command in it and exits with the command's
     /// status (for testing kernels in CI).
@@ -256,5 +270,23 @@ mod tests {
             assert!(help.contains(mode), "{mode}");
         }
         assert!(help.contains("CAN LOSE DATA"));
+    }
+
+    #[test]
+    fn each_subcommand_shows_its_long_help() {
+        for (cmd, text) in [
+            ("demo", crate::demo::DEMO_HELP),
+            ("bench", crate::bench::BENCH_HELP),
+            ("run", crate::run::RUN_HELP),
+        ] {
+            let Err(ParseOutcome::Info(help)) = parse(["ferrite", cmd, "--help"]) else {
+                panic!("{cmd}: no help");
+            };
+            let first = text.lines().next().unwrap();
+            assert!(
+                help.contains(first),
+                "{cmd} --help lacks {first:?}:\n{help}"
+            );
+        }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use block::{CacheMode, CacheSwitches, DiskConfig, EngineKind};
+use block::{CacheMode, CacheSwitches, DiskConfig, EngineKind, ErrorPolicy};
 
 /// Longest drive serial: virtio-blk's GET_ID returns 20 bytes.
 pub const MAX_SERIAL_LEN: usize = 20;
@@ -26,6 +26,8 @@ pub struct DriveConfig {
     /// Record the disk's writes into this directory (`ferrite crashtest`
     /// sets it; not a `--drive` option).
     pub record: Option<PathBuf>,
+    /// `werror=` and `rerror=` (QEMU's defaults: enospc, report).
+    pub errors: ErrorPolicy,
 }
 
 impl DriveConfig {
@@ -50,11 +52,22 @@ pub enum DriveError {
     #[error("drive option {0:?} is not key=value")]
     NotKeyValue(String),
     /// A key this VMM does not know.
-    #[error("unknown drive option {0:?} (known: file, cache, cache.writeback, cache.direct, cache.no-flush, readonly, snapshot, serial, aio, format, if)")]
+    #[error("unknown drive option {0:?} (known: file, cache, cache.writeback, cache.direct, cache.no-flush, readonly, snapshot, serial, aio, werror, rerror, format, if)")]
     UnknownKey(String),
     /// A bad `cache=`.
     #[error(transparent)]
     Cache(#[from] block::ParseCacheModeError),
+    /// A bad `werror=` or `rerror=`.
+    #[error("{key}: {source}")]
+    ErrorAction {
+        /// The option.
+        key: String,
+        /// What was wrong with its value.
+        source: block::ParseErrorActionError,
+    },
+    /// `rerror=enospc`: a read never runs out of space (QEMU refuses it too).
+    #[error("rerror=enospc is not supported; use report, ignore or stop")]
+    ReadEnospc,
     /// A bad `aio=`.
     #[error("aio={0} is not supported; use aio=io_uring or aio=threads")]
     Aio(String),
@@ -126,6 +139,7 @@ pub fn parse_drive(s: &str) -> Result<DriveConfig, DriveError> {
     let mut serial = None;
     let mut engine = None;
     let mut snapshot = false;
+    let mut errors = ErrorPolicy::QEMU;
     for item in split_options(s) {
         if item.is_empty() {
             continue;
@@ -141,6 +155,19 @@ pub fn parse_drive(s: &str) -> Result<DriveConfig, DriveError> {
             "cache.no-flush" => no_flush = Some(parse_bool(key, value)?),
             "readonly" => read_only = parse_bool(key, value)?,
             "snapshot" => snapshot = parse_bool(key, value)?,
+            "werror" | "rerror" => {
+                let action = value.parse().map_err(|source| DriveError::ErrorAction {
+                    key: key.to_string(),
+                    source,
+                })?;
+                if key == "werror" {
+                    errors.write = action;
+                } else if action == block::ErrorAction::Enospc {
+                    return Err(DriveError::ReadEnospc);
+                } else {
+                    errors.read = action;
+                }
+            }
             "serial" => {
                 if value.len() > MAX_SERIAL_LEN {
                     return Err(DriveError::SerialTooLong(value.to_string()));
@@ -179,6 +206,7 @@ pub fn parse_drive(s: &str) -> Result<DriveConfig, DriveError> {
         engine,
         snapshot,
         record: None,
+        errors,
     })
 }
 
@@ -221,6 +249,7 @@ mod tests {
         assert_eq!((d.serial, d.engine), (None, None));
         assert!(!d.snapshot);
         assert!(parse_drive("file=a,snapshot=on").unwrap().snapshot);
+        assert_eq!(d.errors, ErrorPolicy::QEMU);
     }
 
     #[test]
@@ -236,6 +265,28 @@ mod tests {
         assert_eq!(
             parse_drive("file=a,aio=io_uring").unwrap().engine,
             Some(EngineKind::IoUring)
+        );
+    }
+
+    #[test]
+    fn error_actions_parse_as_qemu_names_them() {
+        use block::ErrorAction::*;
+        let d = parse_drive("file=a,werror=stop,rerror=ignore").unwrap();
+        assert_eq!((d.errors.write, d.errors.read), (Stop, Ignore));
+        for (name, action) in [("report", Report), ("ignore", Ignore), ("enospc", Enospc)] {
+            let d = parse_drive(&format!("file=a,werror={name}")).unwrap();
+            assert_eq!(d.errors.write, action);
+        }
+        assert_eq!(parse_drive("file=a,rerror=stop").unwrap().errors.read, Stop);
+        assert_eq!(
+            parse_drive("file=a,rerror=enospc").unwrap_err(),
+            DriveError::ReadEnospc
+        );
+        let e = parse_drive("file=a,werror=pause").unwrap_err();
+        assert!(matches!(&e, DriveError::ErrorAction { key, .. } if key == "werror"));
+        assert_eq!(
+            e.to_string(),
+            "werror: unknown error action \"pause\" (known: report, ignore, enospc, stop)"
         );
     }
 

@@ -63,6 +63,8 @@ pub enum DiskError {
 /// Where a disk sits: its MMIO window and its IRQ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DiskSlot {
+    /// The disk's place on the command line (0: /dev/vda), for messages.
+    pub index: usize,
     /// Window base.
     pub base: u64,
     /// IOAPIC pin / ISA IRQ.
@@ -102,7 +104,9 @@ pub fn attach(
     if let Some(dir) = &drive.record {
         disk.record_to(dir)?;
     }
+    disk.set_error_policy(drive.errors);
     let opts = BlockOptions {
+        name: format!("disk {}", slot.index),
         serial: drive.serial.clone(),
         thread_start: io_thread_start,
         ..BlockOptions::default()

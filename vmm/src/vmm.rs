@@ -33,7 +33,7 @@ use crate::kvm::vcpu::{self, VcpuEnd};
 use crate::kvm::{vm, KvmError};
 use crate::memory::{self, MemoryError};
 use crate::seccomp::{self, Filters, SeccompError, ThreadKind};
-use crate::signals::StopSignals;
+use crate::signals::{StopSignals, RESUME_SIGNAL};
 
 /// Everything needed to start a guest.
 #[derive(Clone, Debug)]
@@ -226,7 +226,7 @@ impl Vmm {
                 &vm_fd,
                 &mem,
                 &mut mmio,
-                DiskSlot { base, irq },
+                DiskSlot { index, base, irq },
                 drive,
                 Some(Box::new(move || {
                     io_filters
@@ -270,7 +270,7 @@ impl Vmm {
     /// Runs the guest until something stops it; the console is on stdin
     /// and stdout.
     pub fn run(mut self, stdin: Stdin) -> Result<RunOutcome, VmmError> {
-        let signals = StopSignals::new().map_err(host("create a signalfd"))?;
+        let signals = StopSignals::with_resume().map_err(host("create a signalfd"))?;
         vcpu::install_kick_handler()?;
         let count = self.vcpus.len();
         let halted = Arc::new(AtomicUsize::new(0));
@@ -368,8 +368,12 @@ impl Vmm {
                 continue;
             }
             if fds[1].revents & libc::POLLIN != 0 {
-                if let Some(sig) = signals.next() {
-                    self.exit.report(ExitCause::Signal(sig));
+                while let Some(sig) = signals.next() {
+                    if sig == RESUME_SIGNAL {
+                        self.disks.iter().for_each(|d| d.handle.resume());
+                    } else {
+                        self.exit.report(ExitCause::Signal(sig));
+                    }
                 }
             }
             if want_stdin && fds[2].revents != 0 {

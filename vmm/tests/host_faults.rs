@@ -2,9 +2,10 @@
 //! `stream` with `stream.keep_going=1` (a failed request is reported as
 //! `PROBE ioerr` / `PROBE flush_failed` and the stream goes on):
 //! - the image's file system is full (a small ext4 on a loop device, the
-//!   image sparse and larger than the free space): writes that do not fit
-//!   get IOERR, the VMM keeps running, writes to blocks already allocated
-//!   still succeed;
+//!   image sparse and larger than the free space): under werror=report
+//!   writes that do not fit get IOERR, the VMM keeps running, writes to
+//!   blocks already allocated still succeed; under werror=enospc such a
+//!   write waits until space is freed and SIGUSR1 arrives, then completes;
 //! - the image returns EIO (crashfs): those writes get IOERR, later ones
 //!   succeed;
 //! - one failed fdatasync (crashfs): that FLUSH and every later one fail
@@ -15,10 +16,13 @@
 #[path = "common/probe.rs"]
 mod probe_util;
 
+use std::io::{BufRead, BufReader, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crashfs::{CrashFs, Fault, FaultError};
 use probe_util::*;
@@ -151,38 +155,15 @@ fn a_full_file_system_fails_the_writes_that_do_not_fit_and_no_others() {
         return;
     }
     for aio in engines() {
-        let fs = match small_ext4() {
-            Ok(fs) => fs,
-            Err(why) => {
-                eprintln!("SKIP: cannot make and mount a small ext4: {why}");
-                return;
-            }
+        let Some((fs, image, free)) = nearly_full() else {
+            return;
         };
-        // The image: 8 MiB, sparse but for its first blocks, on a file
-        // system with room for about ROOM more blocks.
-        let image = fs.mnt.join("disk.img");
-        let f = std::fs::File::create(&image).unwrap();
-        f.set_len(IMAGE_SIZE).unwrap();
-        f.write_all_at(&vec![0xa5; (ALLOCATED * BLOCK) as usize], 0)
-            .unwrap();
-        f.sync_all().unwrap();
-        let filler = std::fs::File::create(fs.mnt.join("filler")).unwrap();
-        let fill = free_bytes(&fs.mnt).saturating_sub(ROOM * BLOCK);
-        // SAFETY: a valid fd; allocates `fill` bytes to the filler file.
-        let rc = unsafe { libc::fallocate(filler.as_raw_fd(), 0, 0, fill as libc::off_t) };
-        assert_eq!(rc, 0, "fallocate: {}", std::io::Error::last_os_error());
-        filler.sync_all().unwrap();
-        let free = free_bytes(&fs.mnt);
-        assert!(
-            free < FULL_COUNT * BLOCK / 2,
-            "{free} bytes still free: the image would fit"
-        );
-
         // Two streams in one boot: the second rewrites what the first
-        // managed to allocate, and must succeed there again.
+        // managed to allocate, and must succeed there again. werror=report
+        // answers a write that does not fit with IOERR.
         let out = boot(
             &image,
-            &format!("aio={aio}"),
+            &format!("werror=report,aio={aio}"),
             "stream,stream",
             &format!("stream.count={FULL_COUNT} stream.depth=1"),
         );
@@ -216,7 +197,212 @@ fn a_full_file_system_fails_the_writes_that_do_not_fit_and_no_others() {
         let failed = (errs[0].len() + errs[1].len()) as u64;
         assert_eq!(out.counter("device", "io_errors"), failed, "{}", out.stats);
         assert_eq!(out.counter("disk", "errors"), failed, "{}", out.stats);
-        drop(f);
+        drop(fs);
+    }
+}
+
+/// A small ext4 holding the image (8 MiB, sparse but for its first
+/// ALLOCATED blocks) and a "filler" file that leaves room for about ROOM
+/// more blocks; the free bytes. None (after SKIP) where it cannot be made.
+fn nearly_full() -> Option<(SmallExt4, PathBuf, u64)> {
+    let fs = match small_ext4() {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("SKIP: cannot make and mount a small ext4: {why}");
+            return None;
+        }
+    };
+    let image = fs.mnt.join("disk.img");
+    let f = std::fs::File::create(&image).unwrap();
+    f.set_len(IMAGE_SIZE).unwrap();
+    f.write_all_at(&vec![0xa5; (ALLOCATED * BLOCK) as usize], 0)
+        .unwrap();
+    f.sync_all().unwrap();
+    let filler = std::fs::File::create(fs.mnt.join("filler")).unwrap();
+    let fill = free_bytes(&fs.mnt).saturating_sub(ROOM * BLOCK);
+    // SAFETY: a valid fd; allocates `fill` bytes to the filler file.
+    let rc = unsafe { libc::fallocate(filler.as_raw_fd(), 0, 0, fill as libc::off_t) };
+    assert_eq!(rc, 0, "fallocate: {}", std::io::Error::last_os_error());
+    filler.sync_all().unwrap();
+    let free = free_bytes(&fs.mnt);
+    assert!(
+        free < FULL_COUNT * BLOCK / 2,
+        "{free} bytes still free: the image would fit"
+    );
+    Some((fs, image, free))
+}
+
+/// Where a reader thread appends what it reads.
+type Sink = Arc<Mutex<String>>;
+
+/// ferrite running in the background, its output collected as it comes.
+struct Live {
+    child: std::process::Child,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+    start: Instant,
+}
+
+impl Live {
+    fn spawn(args: &[String]) -> Live {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ferrite");
+        let (stdout, stderr) = (Arc::default(), Arc::default());
+        let mut readers = Vec::new();
+        let pipes: [(Box<dyn Read + Send>, &Sink); 2] = [
+            (Box::new(child.stdout.take().unwrap()), &stdout),
+            (Box::new(child.stderr.take().unwrap()), &stderr),
+        ];
+        for (pipe, sink) in pipes {
+            let sink: Sink = Arc::clone(sink);
+            readers.push(std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut s = sink.lock().unwrap();
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            }));
+        }
+        Live {
+            child,
+            stdout,
+            stderr,
+            readers,
+            start: Instant::now(),
+        }
+    }
+
+    fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until stderr contains `what`; false after `limit`.
+    fn wait_stderr(&self, what: &str, limit: Duration) -> bool {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if self.stderr().contains(what) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        assert_eq!(
+            // SAFETY: signals our own child, which has not been reaped yet.
+            unsafe { libc::kill(self.child.id() as libc::pid_t, sig) },
+            0
+        );
+    }
+
+    /// Waits for the exit (killing it after LIMIT) and gives the run.
+    fn finish(mut self) -> Run {
+        let end = Instant::now() + LIMIT;
+        while self.child.try_wait().unwrap().is_none() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let status = self.child.wait().unwrap();
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        Run {
+            status: status.code(),
+            stdout: self.stdout(),
+            stderr: self.stderr(),
+            elapsed: self.start.elapsed(),
+        }
+    }
+}
+
+/// How many lines of `text` contain `what`.
+fn count(text: &str, what: &str) -> usize {
+    text.lines().filter(|l| l.contains(what)).count()
+}
+
+/// Under werror=enospc (the default, given explicitly here) a write that
+/// does not fit waits, unanswered, with one line on stderr; once the test
+/// frees space and sends SIGUSR1 it completes: every write acked, none
+/// failed, the data in the image, one line for the resume.
+#[test]
+fn a_full_file_system_holds_the_write_until_space_is_freed_and_sigusr1() {
+    if !kvm_usable() {
+        return;
+    }
+    for aio in engines() {
+        let Some((fs, image, free)) = nearly_full() else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = probe_kernel(dir.path());
+        let stats_path = dir.path().join("stats.json");
+        let live = Live::spawn(&probe_args(
+            &kernel,
+            &format!("probe=stream stream.keep_going=1 stream.count={FULL_COUNT} stream.depth=1"),
+            &[drive(&image, &format!("werror=enospc,aio={aio}"))],
+            &["--stats-json", stats_path.to_str().unwrap()],
+        ));
+        let stopped = "stopped: no space left on device; free space, then send SIGUSR1";
+        assert!(
+            live.wait_stderr(stopped, Duration::from_secs(30)),
+            "aio={aio}: no stop line\nstdout:\n{}\nstderr:\n{}",
+            live.stdout(),
+            live.stderr()
+        );
+        // Held: no answer while the disk is full, through a timer retry.
+        let acked = count(&live.stdout(), "PROBE ack");
+        std::thread::sleep(Duration::from_millis(1500));
+        let out = live.stdout();
+        assert_eq!(
+            count(&out, "PROBE ack"),
+            acked,
+            "aio={aio}: answered while full"
+        );
+        assert!(acked < FULL_COUNT as usize, "aio={aio}: {acked} acks");
+        assert_eq!(count(&out, "PROBE ioerr"), 0, "{out}");
+        eprintln!("aio={aio}: {free} bytes free; stopped after {acked} acks");
+
+        std::fs::remove_file(fs.mnt.join("filler")).unwrap();
+        // SAFETY: no arguments; commits the freed blocks.
+        unsafe { libc::sync() };
+        live.signal(libc::SIGUSR1);
+        let run = live.finish();
+        run.assert_pass();
+        let text = run.describe();
+        assert_eq!(
+            count(&run.stdout, "PROBE ack"),
+            FULL_COUNT as usize,
+            "{text}"
+        );
+        assert_eq!(count(&run.stdout, "PROBE ioerr"), 0, "{text}");
+        assert_eq!(count(&run.stderr, stopped), 1, "{text}");
+        assert_eq!(count(&run.stderr, ") resumed"), 1, "{text}");
+        let stats = stats(&stats_path);
+        let disk = &stats["disks"][0]["disk"];
+        assert_eq!(disk["stops"].as_u64(), Some(1), "{stats}");
+        assert!(disk["stop_retries"].as_u64() >= Some(2), "{stats}");
+        assert_eq!(disk["errors"].as_u64(), Some(0), "{stats}");
+        let bytes = std::fs::read(&image).unwrap();
+        for seq in 0..FULL_COUNT {
+            let at = (seq * BLOCK) as usize;
+            assert_eq!(
+                stream_seq(&bytes[at..at + BLOCK as usize]),
+                Some(seq),
+                "aio={aio}: block {seq}"
+            );
+        }
+        drop(fs);
     }
 }
 

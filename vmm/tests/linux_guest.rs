@@ -14,6 +14,8 @@
 //! boot must reach `/init`'s pass verdict where `/dev/kvm` works
 //! (HOST-KVM.md says how user space runs on emulating hosts too).
 
+#[path = "common/guest.rs"]
+mod guest;
 #[path = "common/linux.rs"]
 mod linux;
 #[path = "common/probe.rs"]
@@ -68,18 +70,13 @@ fn boot(kernel: &Path, rootfs: &Path, mode: CacheMode) -> Boot {
     let cmdline = format!(
         "console=ttyS0 root=/dev/vda rw ferrite.cache={mode} reboot=k panic=-1 {HOST_KVM_ARGS}"
     );
-    let args = vec![
-        "--kernel".to_string(),
-        kernel.display().to_string(),
-        "--memory".into(),
-        "256M".into(),
-        "--cmdline".into(),
-        cmdline,
+    let mut args = linux::boot_args(kernel, cmdline);
+    args.extend([
         "--drive".into(),
         format!("file={},cache={mode}", image.display()),
         "--stats-json".into(),
         stats.display().to_string(),
-    ];
+    ]);
     let ended = Running::spawn(&args).wait(BOOT_LIMIT);
     let stats = std::fs::read(&stats)
         .ok()

@@ -25,6 +25,8 @@
 //! `FERRITE_POWER_CUTS=N` runs N cuts per engine (default 1);
 //! `scripts/linux-power-cuts` runs a campaign and sums the figures.
 
+#[path = "common/guest.rs"]
+mod guest;
 #[path = "common/linux.rs"]
 mod linux;
 #[path = "common/probe.rs"]
@@ -305,16 +307,11 @@ fn cut_once(kernel: &Path, rootfs: &Path, aio: &str, rng: &mut u64) -> Option<To
         writers.join(",")
     );
     // The root disk promises nothing and is thrown away: `unsafe` is fastest.
-    let mut args = vec![
-        "--kernel".to_string(),
-        kernel.display().to_string(),
-        "--memory".into(),
-        "256M".into(),
-        "--cmdline".into(),
-        cmdline,
+    let mut args = linux::boot_args(kernel, cmdline);
+    args.extend([
         "--drive".into(),
         format!("file={},cache=unsafe", root.display()),
-    ];
+    ]);
     for (name, c) in names.iter().zip(CONFIGS) {
         args.push("--drive".into());
         args.push(format!(

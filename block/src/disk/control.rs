@@ -8,10 +8,11 @@ use std::path::Path;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{dsync_fd, page_cache, Disk, DiskConfig, QUEUE_DEPTH};
+use super::{dsync_fd, page_cache, Disk, DiskConfig, BOUNCE_CHUNK, QUEUE_DEPTH};
 use crate::engine::{self, DataFd, EngineKind};
 use crate::lock::ImageLock;
 use crate::open::{self, FileKind};
+use crate::policy::ErrorPolicy;
 use crate::{BlockError, CacheMode, DiskStats};
 
 impl Disk {
@@ -85,8 +86,13 @@ impl Disk {
             ready: VecDeque::new(),
             raw: Vec::with_capacity(QUEUE_DEPTH),
             rmw_in_flight: 0,
+            bounce_bytes: 0,
             held: VecDeque::new(),
             releasing: false,
+            policy: ErrorPolicy::default(),
+            parked: Vec::new(),
+            fences: 0,
+            stop_errno: 0,
             eventfd,
             recorder: None,
             signalled: false,
@@ -170,6 +176,18 @@ impl Disk {
     /// Max operations in flight at once; submit beyond it returns QueueFull.
     pub fn queue_depth(&self) -> usize {
         QUEUE_DEPTH
+    }
+
+    /// The bounce buffer one request holds at most: `BOUNCE_CHUNK`, or
+    /// the host block if larger (a chunk is whole host blocks).
+    pub fn bounce_chunk(&self) -> usize {
+        BOUNCE_CHUNK.max(self.geometry.logical_block_size as usize)
+    }
+
+    /// The most bounce-buffer memory this disk ever holds at once:
+    /// one chunk per request in flight.
+    pub fn bounce_budget(&self) -> usize {
+        QUEUE_DEPTH * self.bounce_chunk()
     }
 
     /// Operations submitted whose completion has not been returned yet.

@@ -159,6 +159,29 @@ pub fn engine_available(engine: EngineKind) -> bool {
     true
 }
 
+/// A crashfs mount whose backing directory holds a 1 MiB image.
+pub struct Crash {
+    pub fs: crashfs::CrashFs,
+    _backing: tempfile::TempDir,
+    _mnt: tempfile::TempDir,
+}
+
+pub fn crashfs_with_image() -> Option<Crash> {
+    if let Some(reason) = crashfs::unavailable_reason() {
+        eprintln!("SKIP: {reason}");
+        return None;
+    }
+    let backing = scratch();
+    let mnt = scratch();
+    image(backing.path(), 1 << 20);
+    let fs = crashfs::CrashFs::mount(backing.path(), mnt.path()).expect("mount crashfs");
+    Some(Crash {
+        fs,
+        _backing: backing,
+        _mnt: mnt,
+    })
+}
+
 /// Turns each named `fn(EngineKind)` test body into two tests, one per
 /// engine; the io_uring one skips (with a reason) where io_uring is missing.
 #[allow(unused_macros)] // not every test file that includes `common` uses it

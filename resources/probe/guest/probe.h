@@ -74,6 +74,7 @@ const char *next_item(const char *list, char *buf, unsigned long cap);
 
 #define VIRTIO_F_VERSION_1 (1UL << 32)
 #define VIRTIO_RING_F_EVENT_IDX (1UL << 29)
+#define VIRTIO_RING_F_INDIRECT_DESC (1UL << 28)
 #define VIRTIO_BLK_F_SEG_MAX (1UL << 2)
 #define VIRTIO_BLK_F_RO (1UL << 5)
 #define VIRTIO_BLK_F_BLK_SIZE (1UL << 6)
@@ -105,6 +106,7 @@ const char *next_item(const char *list, char *buf, unsigned long cap);
 
 #define VRING_DESC_F_NEXT 1
 #define VRING_DESC_F_WRITE 2
+#define VRING_DESC_F_INDIRECT 4
 
 struct vdesc {
 	u64 addr;
@@ -158,6 +160,9 @@ struct seg {
 };
 
 extern u64 g_nofeatures;
+/* Features accepted on top of what Linux's virtio_blk takes (scenarios
+ * that need them set this and call disk_init again). */
+extern u64 g_extra_features;
 u32 mmio_r32(struct disk *d, u32 off);
 void mmio_w32(struct disk *d, u32 off, u32 v);
 u8 cfg_r8(struct disk *d, u32 off);
@@ -177,6 +182,10 @@ void submit_req(struct disk *d, int s, u32 type, u64 sector, const struct seg *s
 u32 device_status(struct disk *d);
 /* Waits for the next used entry; returns its slot or POLL_*. */
 int poll_used(struct disk *d, u64 timeout_cycles);
+/* Publishes descriptor `head` in the available ring and notifies. */
+void publish(struct disk *d, u16 head);
+/* Waits for the next used entry and stores its id; 0 or POLL_*. */
+int next_used(struct disk *d, u64 timeout_cycles, u32 *id);
 /* Submits on slot 0, waits; returns the status byte or POLL_*. */
 int do_req(struct disk *d, u32 type, u64 sector, const struct seg *segs, int n);
 int free_slot(struct disk *d);
@@ -194,6 +203,7 @@ const char *first_failure(void);
 int scenario_known(const char *name);
 int run_scenario(const char *name, struct disk *d, struct config *cfg);
 int stream(struct disk *d, struct config *cfg);
+int scen_bounce(struct disk *d);
 
 #define SECTOR 512
 #define BUF_SIZE 4096

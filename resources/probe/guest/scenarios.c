@@ -435,7 +435,7 @@ static const struct {
 	{"info", scen_info},       {"rw", scen_rw},           {"flush", scen_flush},
 	{"wce", scen_wce},         {"getid", scen_getid},     {"discard", scen_discard},
 	{"zeroes", scen_zeroes},   {"readonly", scen_readonly}, {"badchain", scen_badchain},
-	{"hostile", scen_hostile},
+	{"hostile", scen_hostile}, {"bounce", scen_bounce},
 };
 
 int scenario_known(const char *name)

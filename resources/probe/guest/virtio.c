@@ -49,6 +49,7 @@
 	 VIRTIO_BLK_F_DISCARD | VIRTIO_BLK_F_WRITE_ZEROES | VIRTIO_RING_F_EVENT_IDX)
 
 u64 g_nofeatures;
+u64 g_extra_features;
 
 static struct vdesc desc_mem[MAX_DISKS][QMAX] __attribute__((aligned(4096)));
 static u16 avail_mem[MAX_DISKS][2 + QMAX + 1 + 3] __attribute__((aligned(8)));
@@ -145,7 +146,7 @@ const char *disk_init(struct disk *d)
 	mmio_w32(d, REG_DEVICE_FEATURES_SEL, 1);
 	u64 hi = mmio_r32(d, REG_DEVICE_FEATURES);
 	d->offered = (hi << 32) | lo;
-	d->negotiated = d->offered & ACCEPTED_FEATURES & ~g_nofeatures;
+	d->negotiated = d->offered & (ACCEPTED_FEATURES | g_extra_features) & ~g_nofeatures;
 	if (!has(d, VIRTIO_F_VERSION_1))
 		return "no_version_1";
 	mmio_w32(d, REG_DRIVER_FEATURES_SEL, 0);
@@ -190,6 +191,11 @@ void submit_raw(struct disk *d, int s, const struct vdesc *descs, int n)
 		d->desc[head + i] = v;
 	}
 	d->slots[s].busy = 1;
+	publish(d, head);
+}
+
+void publish(struct disk *d, u16 head)
+{
 	((volatile u16 *)d->avail)[2 + d->avail_idx % d->qsize] = head;
 	cbarrier(); /* x86 keeps stores in order; the compiler must too */
 	u16 old = d->avail_idx;
@@ -224,6 +230,19 @@ void submit_req(struct disk *d, int s, u32 type, u64 sector, const struct seg *s
 
 int poll_used(struct disk *d, u64 timeout_cycles)
 {
+	u32 id;
+	int r = next_used(d, timeout_cycles, &id);
+	if (r < 0)
+		return r;
+	u32 s = id / DPS;
+	if (id % DPS || s >= d->nslots || !d->slots[s].busy)
+		return POLL_BAD_ID;
+	d->slots[s].busy = 0;
+	return (int)s;
+}
+
+int next_used(struct disk *d, u64 timeout_cycles, u32 *id_out)
+{
 	u64 start = rdtsc();
 	for (u32 i = 1; *used_idx(d) == d->last_used; i++) {
 		if ((i & 255) == 0) {
@@ -241,11 +260,8 @@ int poll_used(struct disk *d, u64 timeout_cycles)
 	u32 isr = mmio_r32(d, REG_INTERRUPT_STATUS);
 	if (isr)
 		mmio_w32(d, REG_INTERRUPT_ACK, isr);
-	u32 s = id / DPS;
-	if (id % DPS || s >= d->nslots || !d->slots[s].busy)
-		return POLL_BAD_ID;
-	d->slots[s].busy = 0;
-	return (int)s;
+	*id_out = id;
+	return 0;
 }
 
 int do_req(struct disk *d, u32 type, u64 sector, const struct seg *segs, int n)

@@ -144,6 +144,7 @@ pub fn run(cfg: &GuestConfig, scratch: &Path) -> Result<Report, BenchError> {
         .open(&cfg.image)
         .and_then(|f| f.set_len(cfg.size))
         .map_err(img_err(&cfg.image))?;
+    let _image = super::stop::PathGuard::new(&cfg.image);
     let result = cfg
         .modes
         .iter()
@@ -182,6 +183,7 @@ fn run_mode(
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| BenchError::Device(format!("cannot start ferrite: {e}")))?;
+    let _guard = super::stop::ChildGuard::new(child.id());
     let mut console = Console::default();
     if let Some(out) = child.stdout.take() {
         for line in BufReader::new(out).split(b'\n').map_while(Result::ok) {

@@ -15,6 +15,7 @@ pub mod host;
 pub mod io_path;
 pub mod overhead;
 pub mod stats;
+pub mod stop;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,7 +26,8 @@ use clap::Args;
 use io_path::driver::WaitMode;
 use io_path::{BenchError, IoPathConfig, WORKLOADS};
 
-const BENCH_HELP: &str = "\
+/// `ferrite bench --help`'s long text.
+pub const BENCH_HELP: &str = "\
 Without --io-path or --overhead: boots the built-in probe guest once per cache mode on a
 scratch image (--image, default a temporary file) with `probe=stream`, and prints per mode
 the guest-side IOPS and MB/s, host syncs per write, and whether a completed write is durable.
@@ -45,7 +47,6 @@ Examples:
 
 /// Options of `ferrite bench`.
 #[derive(Debug, Args)]
-#[command(long_about = BENCH_HELP)]
 pub struct BenchArgs {
     /// Benchmark the host-side I/O path (device + block backend, no guest)
     /// against fio on the same file, per cache mode, engine and workload.
@@ -169,6 +170,7 @@ fn io_path_config(args: &BenchArgs) -> Result<IoPathConfig, BenchError> {
 
 /// Runs the benchmark the arguments ask for; returns the exit status.
 pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
+    stop::watch();
     if args.overhead {
         let dir = host::scratch_dir(args.dir.as_deref()).map_err(BenchError::Usage)?;
         let scratch = ScratchDir::create(&dir)?;
@@ -186,8 +188,12 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
     io_path::run(&cfg, &mut stdout.lock()).map(|_| ())
 }
 
-/// A directory of this run's own, removed with everything in it at the end.
-struct ScratchDir(PathBuf);
+/// A directory of this run's own, removed with everything in it at the end
+/// (or at Ctrl-C).
+struct ScratchDir {
+    path: PathBuf,
+    _stop: stop::PathGuard,
+}
 
 impl ScratchDir {
     fn create(parent: &std::path::Path) -> Result<ScratchDir, BenchError> {
@@ -196,17 +202,18 @@ impl ScratchDir {
             path: path.clone(),
             source,
         })?;
-        Ok(ScratchDir(path))
+        let _stop = stop::PathGuard::new(&path);
+        Ok(ScratchDir { path, _stop })
     }
 
     fn path(&self) -> &std::path::Path {
-        &self.0
+        &self.path
     }
 }
 
 impl Drop for ScratchDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
 

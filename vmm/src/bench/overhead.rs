@@ -162,6 +162,7 @@ fn run_once(exe: &Path, scratch: &Path, measure_memory: bool, i: usize) -> Resul
         .stderr(Stdio::null())
         .spawn()
         .map_err(err("start ferrite"))?;
+    let _guard = super::stop::ChildGuard::new(child.id());
     let mut beyond = None;
     if let Some(out) = child.stdout.take() {
         let mut acks = 0;

@@ -38,7 +38,8 @@ const SCENARIOS: [&str; 10] = [
     "info", "rw", "flush", "wce", "getid", "discard", "zeroes", "readonly", "badchain", "stream",
 ];
 
-const DEMO_HELP: &str = "\
+/// `ferrite demo --help`'s long text.
+pub const DEMO_HELP: &str = "\
 Boots ferrite's built-in probe guest (no kernel needed) and shows, per disk, what the
 guest saw (FLUSH offered, the write cache WCE) and what the host did (open flags, writes,
 flushes, host syncs), with the probe's verdict. Without --drive: five scratch images, one
@@ -52,7 +53,6 @@ Exit status: 0 when the probe passes; 1 otherwise, with one line saying why.";
 
 /// Options of `ferrite demo`.
 #[derive(Debug, Args)]
-#[command(long_about = DEMO_HELP)]
 pub struct DemoArgs {
     /// Where to create the scratch images [default: the temporary directory,
     /// else the current one, else $XDG_RUNTIME_DIR: the first where O_DIRECT works].
@@ -203,6 +203,7 @@ fn demo(args: &DemoArgs) -> Result<i32, DemoError> {
                         engine: None,
                         snapshot: false,
                         record: None,
+                        errors: block::ErrorPolicy::QEMU,
                     },
                     name,
                 })

@@ -428,6 +428,7 @@ fn throwaway_drive(path: PathBuf) -> DriveConfig {
         engine: None,
         snapshot: false,
         record: None,
+        errors: block::ErrorPolicy::QEMU,
     }
 }
 

@@ -68,6 +68,8 @@ const IO: &[i64] = &[
     libc::SYS_fallocate,
     libc::SYS_io_uring_enter,
     libc::SYS_io_uring_register,
+    // The retry timer of a disk stopped by werror=/rerror= (read above).
+    libc::SYS_timerfd_settime,
 ];
 
 /// The main thread once the guest runs: the event loop (poll, signalfd,
@@ -224,6 +226,7 @@ mod tests {
     #[test]
     fn only_the_io_thread_opens_images_and_only_vcpus_run() {
         assert!(plain_syscalls(ThreadKind::Io).contains(&libc::SYS_openat));
+        assert!(plain_syscalls(ThreadKind::Io).contains(&libc::SYS_timerfd_settime));
         assert!(!plain_syscalls(ThreadKind::Main).contains(&libc::SYS_openat));
         assert_eq!(rules(ThreadKind::Main).unwrap()[&libc::SYS_openat].len(), 1);
         assert_eq!(MAIN_OPEN_FLAGS, 0o2001101);

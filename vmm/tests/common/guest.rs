@@ -2,8 +2,8 @@
 //! scripts (cached by their inputs) and what this host's KVM needs on the
 //! kernel command line.
 //!
-//! Included with `#[path = "common/guest.rs"] mod guest;`. (linux_guest.rs
-//! carries its own copy of `build`; it can switch to this one.)
+//! Included with `#[path = "common/guest.rs"] mod guest;` (`common/linux.rs`
+//! builds on it).
 
 #![allow(dead_code)]
 

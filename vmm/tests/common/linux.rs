@@ -12,41 +12,25 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::guest::build;
+pub use super::guest::HOST_KVM_ARGS;
 use super::probe::kvm_usable;
-
-/// What this host's emulating KVM needs on the kernel command line
-/// (HOST-KVM.md: no XSAVE, and no `popcnt`, SMAP or `rep movsb` string
-/// copies, which the emulator runs a byte per step); harmless on hardware.
-pub const HOST_KVM_ARGS: &str = "noxsave clearcpuid=popcnt,smap,erms,fsrm";
 
 /// The start of the console line that says the kernel handed over to
 /// user space (`Run /sbin/init as init process`).
 const RUN_INIT: &str = "Run /";
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// Runs one of `resources/guest/`'s build scripts (cached by their inputs)
-/// and returns the path it prints last.
-fn build(script: &str) -> PathBuf {
-    let out = Command::new("bash")
-        .arg(repo_root().join("resources/guest").join(script))
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("run {script}: {e}"));
-    assert!(
-        out.status.success(),
-        "{script} failed ({}); its messages are above",
-        out.status
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().expect("the script prints its result");
-    PathBuf::from(last.trim())
+/// The arguments of a boot of `kernel` with `cmdline` in 256 MiB (the
+/// drives and the rest follow).
+pub fn boot_args(kernel: &Path, cmdline: String) -> Vec<String> {
+    vec![
+        "--kernel".to_string(),
+        kernel.display().to_string(),
+        "--memory".into(),
+        "256M".into(),
+        "--cmdline".into(),
+        cmdline,
+    ]
 }
 
 /// The guest kernel's directory and the pristine root disk, built or found

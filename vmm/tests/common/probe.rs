@@ -210,6 +210,27 @@ impl Run {
 
 /// Runs `program args...` with no stdin, killing it after `limit`.
 pub fn run_command(program: &str, args: &[String], limit: Duration) -> Run {
+    run_watched(program, args, limit, |_| {})
+}
+
+/// Like `run_command`, and also returns the child's peak resident memory
+/// (`VmHWM` of /proc/PID/status, KiB), sampled while it runs: a high-water
+/// mark, so the last sample holds any peak reached before it.
+pub fn run_command_peak_rss(program: &str, args: &[String], limit: Duration) -> (Run, u64) {
+    let mut peak = 0;
+    let run = run_watched(program, args, limit, |pid| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let hwm = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok());
+        peak = peak.max(hwm.unwrap_or(0));
+    });
+    (run, peak)
+}
+
+/// Runs `program`, calling `watch` with its pid every few milliseconds.
+fn run_watched(program: &str, args: &[String], limit: Duration, mut watch: impl FnMut(u32)) -> Run {
     let start = Instant::now();
     let mut child = Command::new(program)
         .args(args)
@@ -230,12 +251,16 @@ pub fn run_command(program: &str, args: &[String], limit: Duration) -> Run {
         let _ = err.read_to_end(&mut s);
         String::from_utf8_lossy(&s).into_owned()
     });
-    while child.try_wait().unwrap().is_none() {
+    loop {
+        watch(child.id());
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
         if start.elapsed() > limit {
             let _ = child.kill();
             break;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(5));
     }
     let status = child.wait().unwrap();
     Run {

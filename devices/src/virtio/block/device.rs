@@ -139,6 +139,8 @@ pub struct BlockOptions {
     /// The longest the I/O thread spins for work before it sleeps (see
     /// [`crate::virtio::block::poll`]); zero never spins.
     pub poll_max: Duration,
+    /// How lines on stderr name the disk ("disk 0"; default "disk").
+    pub name: String,
 }
 
 impl Default for BlockOptions {
@@ -147,6 +149,7 @@ impl Default for BlockOptions {
             serial: None,
             thread_start: None,
             poll_max: DEFAULT_POLL_MAX,
+            name: "disk".into(),
         }
     }
 }
@@ -177,6 +180,7 @@ impl BlockDevice {
             max_zeroing_segments: 1,
         };
         let identity = Identity {
+            name: opts.name,
             path: disk.path().to_path_buf(),
             cache: disk.cache_mode(),
             read_only: disk.read_only(),

@@ -48,6 +48,13 @@ pub enum ChainError {
         /// Descriptors read before the chain broke.
         descriptors: usize,
     },
+    /// More descriptors than the queue size, an indirect table's included
+    /// (§2.7.5.3.1).
+    #[error("the chain has more than {max} descriptors")]
+    TooLong {
+        /// The most a chain may have.
+        max: usize,
+    },
     /// A descriptor points outside guest memory.
     #[error("descriptor {addr:#x}+{len:#x} lies outside guest memory")]
     OutsideMemory {

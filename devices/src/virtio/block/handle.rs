@@ -24,6 +24,13 @@ impl BlockHandle {
         self.worker.report()
     }
 
+    /// Retries at once the requests held after a host error (werror=/
+    /// rerror= stop or enospc), if any; the I/O thread also retries them
+    /// every second by itself.
+    pub fn resume(&self) {
+        self.worker.post(super::io_thread::Control::Resume);
+    }
+
     /// Stops the I/O thread: in-flight requests complete (and are answered),
     /// then a final flush unless the cache mode is `unsafe`. Idempotent;
     /// returns the final report. After it, the device answers nothing more.

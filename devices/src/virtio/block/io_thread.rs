@@ -33,11 +33,14 @@ use super::metrics::{BlockReport, DeviceCounters, Identity, Live};
 use super::request::{
     DiskLimits, Finished, InFlight, ParseError, Request, RequestError, Submitted, ID_BYTES,
 };
+use super::stall::Stall;
 use crate::virtio::VirtioInterrupt;
 
 const NOTIFY: u64 = 0;
 const COMPLETION: u64 = 1;
 const WAKE: u64 = 2;
+/// The retry timer of a stopped disk.
+const RETRY: u64 = 3;
 /// `user_data` of the flush at shutdown (never a slot index).
 const FINAL_FLUSH: u64 = u64::MAX;
 
@@ -58,6 +61,9 @@ pub(crate) enum Control {
     Reset { reply: Sender<bool> },
     /// The driver wrote the `writeback` byte.
     SetWriteCache { enabled: bool, reply: Sender<bool> },
+    /// Retry requests held after a host error now (the user freed space
+    /// and signalled ferrite).
+    Resume,
     /// Finish in-flight work, flush, and exit.
     Stop,
 }
@@ -92,10 +98,12 @@ impl Worker {
         let epoll = Epoll::new().map_err(ev)?;
         let notify = notify.try_clone().map_err(ev)?;
         let thread_wake = wake.try_clone().map_err(ev)?;
+        let stall = Stall::new(identity.name.clone(), identity.path.clone()).map_err(ev)?;
         for (fd, token) in [
             (notify.as_raw_fd(), NOTIFY),
             (disk.completion_fd(), COMPLETION),
             (thread_wake.as_raw_fd(), WAKE),
+            (stall.as_raw_fd(), RETRY),
         ] {
             epoll
                 .ctl(
@@ -129,6 +137,8 @@ impl Worker {
             active: None,
             completions: Vec::new(),
             finished: Vec::new(),
+            stall,
+            retry: false,
         };
         let thread = start_thread(io, start)?;
         Ok(Arc::new(Worker {
@@ -246,6 +256,10 @@ struct IoThread {
     completions: Vec<Completion>,
     /// Answered requests whose used entries are not published yet.
     finished: Vec<Finished>,
+    /// Whether the disk is stopped by its error policy; the retry timer.
+    stall: Stall,
+    /// Retry held requests before the next batch.
+    retry: bool,
 }
 
 enum Flow {
@@ -258,7 +272,7 @@ impl IoThread {
         let depth = self.disk.queue_depth().max(1);
         self.slots = (0..depth).map(|_| None).collect();
         self.free = (0..depth).rev().collect();
-        let mut events = [EpollEvent::default(); 3];
+        let mut events = [EpollEvent::default(); 4];
         loop {
             if !self.poll_for_work() && !self.arm() {
                 let n = match self.epoll.wait(-1, &mut events) {
@@ -273,6 +287,10 @@ impl IoThread {
                         NOTIFY => drop(self.notify.read()),
                         WAKE => drop(self.wake.read()),
                         COMPLETION => self.disk.drain_completions(&mut self.completions),
+                        RETRY => {
+                            self.stall.expired();
+                            self.retry = true;
+                        }
                         _ => {}
                     }
                 }
@@ -280,12 +298,16 @@ impl IoThread {
             if let Flow::Stop = self.handle_control() {
                 break;
             }
+            if std::mem::take(&mut self.retry) {
+                self.disk.retry_stopped();
+            }
             if self.active.is_none() {
                 // Nothing should complete with no driver attached; if
                 // something does, drop it rather than spin on it.
                 self.completions.clear();
             }
             self.process();
+            self.stall.update(&self.disk);
         }
         self.shutdown();
         self.publish();
@@ -399,6 +421,7 @@ impl IoThread {
                     self.publish();
                     let _ = reply.send(self.disk.write_cache());
                 }
+                Control::Resume => self.retry = true,
                 Control::ActivationFailed => {
                     self.counters.activation_failures += 1;
                     self.publish();

@@ -100,6 +100,8 @@ pub(crate) struct Live {
 /// The part fixed at open.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Identity {
+    /// How stderr lines name the disk ("disk 0").
+    pub name: String,
     pub path: PathBuf,
     pub cache: CacheMode,
     pub read_only: bool,
@@ -130,6 +132,7 @@ mod tests {
     #[test]
     fn report_serializes_with_hex_features_and_mode_names() {
         let id = Identity {
+            name: "disk 0".into(),
             path: "/img".into(),
             cache: CacheMode::Writethrough,
             read_only: false,

@@ -32,9 +32,11 @@ mod io_thread;
 pub mod metrics;
 pub mod poll;
 pub mod request;
+mod stall;
 
 pub use device::{BlockDevice, BlockOptions};
 pub use error::{BlockDeviceError, StartHookError, ThreadStart};
 pub use handle::BlockHandle;
 pub use metrics::{BlockReport, DeviceCounters};
 pub use poll::DEFAULT_POLL_MAX;
+pub use stall::RETRY_EVERY;

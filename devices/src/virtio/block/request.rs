@@ -41,6 +41,12 @@ pub const ID_BYTES: usize = 20;
 const HEADER_LEN: u32 = 16;
 /// Size of one discard / write-zeroes segment.
 const SEGMENT_LEN: u32 = 16;
+/// Most descriptors in a chain, an indirect table's included: the queue
+/// size (`device::QUEUE_SIZE`). §2.7.5.3.1: the driver MUST NOT create a
+/// longer chain. virtio-queue walks an indirect table of up to 65535
+/// entries; reading no further bounds what one request costs the host
+/// (its descriptor, segment and iovec vectors) whatever the guest writes.
+pub const MAX_CHAIN: usize = 256;
 
 /// What [`Request::parse`] needs to know about the disk and the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -250,7 +256,10 @@ impl Request {
     {
         let head = chain.head_index();
         let malformed = |reason| ParseError::Malformed { head, reason };
-        let descs: Vec<Descriptor> = chain.collect();
+        let descs: Vec<Descriptor> = chain.take(MAX_CHAIN + 1).collect();
+        if descs.len() > MAX_CHAIN {
+            return Err(malformed(ChainError::TooLong { max: MAX_CHAIN }));
+        }
         let status = check_chain(&descs, mem).map_err(malformed)?;
         let slot = StatusSlot { head, addr: status };
         let streams = Streams::of(&descs);

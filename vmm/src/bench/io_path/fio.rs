@@ -70,9 +70,17 @@ pub fn run(
     mode: CacheMode,
     wl: &Workload,
 ) -> Result<Sample, BenchError> {
-    let out = Command::new("fio")
+    let child = Command::new("fio")
         .args(args(path, size, runtime, mode, wl))
-        .output()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| BenchError::Fio(format!("cannot run fio: {e}")))?;
+    // Ctrl-C kills fio too (see `bench::stop`).
+    let _guard = crate::bench::stop::ChildGuard::new(child.id());
+    let out = child
+        .wait_with_output()
         .map_err(|e| BenchError::Fio(format!("cannot run fio: {e}")))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);

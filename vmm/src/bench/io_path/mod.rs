@@ -157,12 +157,23 @@ pub struct IoPathConfig {
     pub poll_max: Duration,
 }
 
-/// Removes the scratch image when the benchmark ends, however it ends.
-struct Scratch(PathBuf);
+/// Removes the scratch image when the benchmark ends, however it ends
+/// (Ctrl-C included, see `bench::stop`).
+struct Scratch {
+    path: PathBuf,
+    _stop: crate::bench::stop::PathGuard,
+}
+
+impl Scratch {
+    fn new(path: PathBuf) -> Scratch {
+        let _stop = crate::bench::stop::PathGuard::new(&path);
+        Scratch { path, _stop }
+    }
+}
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -284,7 +295,7 @@ pub fn run(cfg: &IoPathConfig, out: &mut dyn Write) -> Result<Vec<String>, Bench
     let path = cfg
         .dir
         .join(format!("ferrite-bench-{}.img", std::process::id()));
-    let _scratch = Scratch(path.clone());
+    let _scratch = Scratch::new(path.clone());
     lay_out(&path, cfg.size)?;
     let wr = |out: &mut dyn Write, s: &str| {
         let _ = writeln!(out, "{s}");

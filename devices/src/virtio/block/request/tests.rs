@@ -345,6 +345,31 @@ fn loops_and_bad_next_indices_are_malformed() {
 }
 
 #[test]
+fn chains_longer_than_the_queue_are_malformed() {
+    assert_eq!(
+        MAX_CHAIN,
+        usize::from(crate::virtio::block::device::QUEUE_SIZE)
+    );
+    let m = mem();
+    header(&m, VIRTIO_BLK_T_IN, 0);
+    let q = MockSplitQueue::new(&m, 512);
+    let mut descs = vec![hdr()];
+    descs.extend((0..MAX_CHAIN - 1).map(|_| desc(DATA, 512, true)));
+    descs.push(st());
+    let chain = q.build_desc_chain(&descs).unwrap();
+    assert_eq!(
+        malformed(Request::parse(chain, &m, &LIMITS)),
+        ChainError::TooLong { max: MAX_CHAIN }
+    );
+    // One fewer data buffer: the longest chain allowed (answerable).
+    descs.remove(1);
+    let q = MockSplitQueue::new(&m, 512);
+    let chain = q.build_desc_chain(&descs).unwrap();
+    let r = Request::parse(chain, &m, &LIMITS);
+    assert!(!matches!(r, Err(ParseError::Malformed { .. })), "{r:?}");
+}
+
+#[test]
 fn unknown_types_and_unoffered_commands_are_unsupported() {
     let m = mem();
     for t in [2, 3, 14, 16, 0xdead] {

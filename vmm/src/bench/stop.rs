@@ -1,0 +1,128 @@
+//! Ctrl-C and SIGTERM stop `ferrite bench` at once, leaving nothing behind.
+//!
+//! `main` blocks the stop signals in every thread (a VM reads them from a
+//! signalfd in its event loop), so a bench, which spends its time in fio
+//! runs, in-process device runs and child VMs, would never see them. A
+//! watcher thread reads the same signalfd instead: on a stop signal it
+//! kills the child processes the bench registered (fio, child ferrites),
+//! removes the scratch files and directories it registered, says which
+//! signal stopped it, and exits with 128 + the signal number, as a shell
+//! reports a process killed by it.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use crate::signals::StopSignals;
+
+/// What a stop must clean up.
+#[derive(Default)]
+struct Registry {
+    children: Vec<u32>,
+    paths: Vec<PathBuf>,
+}
+
+/// Set once a stop began: the thread that waited for a killed child must
+/// not report its death as a failure and exit first.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    children: Vec::new(),
+    paths: Vec::new(),
+});
+
+fn registry() -> std::sync::MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A child process that a stop kills, for as long as this guard lives.
+pub struct ChildGuard(u32);
+
+impl ChildGuard {
+    /// Registers the child `pid`.
+    pub fn new(pid: u32) -> ChildGuard {
+        registry().children.push(pid);
+        ChildGuard(pid)
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        registry().children.retain(|&p| p != self.0);
+        // The child was killed by a stop: the watcher is about to exit.
+        while STOPPING.load(Ordering::Acquire) {
+            std::thread::park();
+        }
+    }
+}
+
+/// A scratch file or directory that a stop removes, for as long as this
+/// guard lives (its owner removes it otherwise).
+pub struct PathGuard(PathBuf);
+
+impl PathGuard {
+    /// Registers `path`.
+    pub fn new(path: &Path) -> PathGuard {
+        registry().paths.push(path.to_path_buf());
+        PathGuard(path.to_path_buf())
+    }
+}
+
+impl Drop for PathGuard {
+    fn drop(&mut self) {
+        registry().paths.retain(|p| p != &self.0);
+    }
+}
+
+/// Starts the watcher thread. Without a signalfd the bench still runs, but
+/// a stop signal then waits for the end (said in one line).
+pub fn watch() {
+    let signals = match StopSignals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "ferrite bench: cannot watch for Ctrl-C ({e}); it will wait for the run to end"
+            );
+            return;
+        }
+    };
+    let spawned = std::thread::Builder::new()
+        .name("bench-stop".into())
+        .spawn(move || loop {
+            if let Some(sig) = signals.wait() {
+                stop(sig);
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("ferrite bench: cannot watch for Ctrl-C ({e}); it will wait for the run to end");
+    }
+}
+
+/// Kills the children, removes the scratch paths and exits.
+fn stop(sig: libc::c_int) -> ! {
+    STOPPING.store(true, Ordering::Release);
+    let (children, paths) = {
+        let r = registry();
+        (r.children.clone(), r.paths.clone())
+    };
+    for pid in children {
+        // SAFETY: kill(2) with a pid this process spawned and has not
+        // reaped (the guard lives until after the wait) and a valid signal.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    }
+    for p in paths {
+        if p.is_dir() {
+            let _ = std::fs::remove_dir_all(&p);
+        } else {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+    let name = match sig {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
+        _ => "a signal",
+    };
+    eprintln!("ferrite bench: stopped by {name}; scratch files removed");
+    std::process::exit(128 + sig);
+}
