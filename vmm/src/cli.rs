@@ -187,6 +187,20 @@ fn one_line(rendered: &str) -> String {
     format!("ferrite: {}", reason.trim_end())
 }
 
+/// The subcommand `args` (after `ferrite`) parse to; panics otherwise.
+/// For the subcommands' own tests.
+#[cfg(test)]
+pub fn parse_subcommand(args: &[&str]) -> Command {
+    let all = std::iter::once("ferrite").chain(args.iter().copied());
+    match parse(all) {
+        Ok(Cli {
+            command: Some(c), ..
+        }) => c,
+        Ok(_) => panic!("{args:?}: no subcommand"),
+        Err(e) => panic!("{args:?}: {e:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -374,14 +374,11 @@ mod tests {
 
     /// `ferrite crashtest --kernel k --check true EXTRA...`, parsed.
     pub(super) fn args(extra: &[&str]) -> CrashtestArgs {
-        let mut all = vec!["ferrite", "crashtest", "--kernel", "k", "--check", "true"];
+        let mut all = vec!["crashtest", "--kernel", "k", "--check", "true"];
         all.extend(extra);
-        match parse(all) {
-            Ok(cli) => match cli.command {
-                Some(Command::Crashtest(a)) => a,
-                other => panic!("not crashtest: {other:?}"),
-            },
-            Err(e) => panic!("{e:?}"),
+        match crate::cli::parse_subcommand(&all) {
+            Command::Crashtest(a) => a,
+            other => panic!("not crashtest: {other:?}"),
         }
     }
 

@@ -452,14 +452,10 @@ mod tests {
     use crate::cli::{parse, Command};
 
     fn run_args(args: &[&str]) -> RunArgs {
-        let mut all = vec!["ferrite", "run"];
-        all.extend(args);
-        match parse(all) {
-            Ok(cli) => match cli.command {
-                Some(Command::Run(a)) => a,
-                other => panic!("not run: {other:?}"),
-            },
-            Err(e) => panic!("{e:?}"),
+        let all: Vec<&str> = std::iter::once("run").chain(args.iter().copied()).collect();
+        match crate::cli::parse_subcommand(&all) {
+            Command::Run(a) => a,
+            other => panic!("not run: {other:?}"),
         }
     }
 
