@@ -1,6 +1,8 @@
 //! Rough speed of each engine and cache mode: 4 KiB random writes at queue
 //! depth 32 (then a flush) on a scratch image in the current directory.
-//! `cargo run --release -p block --example engine_speed [ops]`.
+//! `cargo run --release -p block --example engine_speed [ops] [record]`:
+//! with `record`, each mode and engine runs twice, the second time with
+//! `ferrite crashtest`'s recorder on (its log in the scratch directory).
 
 use std::time::Instant;
 
@@ -11,16 +13,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(4000);
+    let record = std::env::args().nth(2).as_deref() == Some("record");
     let dir = tempfile::tempdir_in(".")?;
     let path = dir.path().join("speed.img");
     std::fs::File::create(&path)?.set_len(256 << 20)?;
     let mut bufs: Vec<Vec<u8>> = (0..32).map(|i| vec![i as u8; 8192]).collect();
     println!(
-        "{:<12} {:<9} {:>10} {:>12}",
-        "mode", "engine", "writes/s", "host_syncs"
+        "{:<12} {:<9} {:<9} {:>10} {:>12}",
+        "mode", "engine", "recorded", "writes/s", "host_syncs"
     );
+    let recording = if record { &[false, true][..] } else { &[false] };
     for mode in CacheMode::ALL {
-        for engine in [EngineKind::Sync, EngineKind::IoUring] {
+        for (engine, &recorded) in [EngineKind::Sync, EngineKind::IoUring]
+            .into_iter()
+            .flat_map(|e| recording.iter().map(move |r| (e, r)))
+        {
             let cfg = DiskConfig {
                 path: path.clone(),
                 cache: mode,
@@ -28,6 +35,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 engine: Some(engine),
             };
             let mut disk = Disk::open(&cfg)?;
+            if recorded {
+                disk.record_to(&dir.path().join("recording"))?;
+            }
             let mut seed = 0x9e37_79b9_7f4a_7c15u64;
             let mut done = Vec::new();
             let start = Instant::now();
@@ -71,9 +81,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             disk.wait_idle(&mut done);
             let secs = start.elapsed().as_secs_f64();
             println!(
-                "{:<12} {:<9} {:>10.0} {:>12}",
+                "{:<12} {:<9} {:<9} {:>10.0} {:>12}",
                 mode.to_string(),
                 engine.to_string(),
+                if recorded { "yes" } else { "no" },
                 ops as f64 / secs,
                 disk.stats().host_syncs
             );

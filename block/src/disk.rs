@@ -99,6 +99,8 @@ pub struct Disk {
     /// The error of the latest request held.
     stop_errno: i32,
     eventfd: EventFd,
+    /// `ferrite crashtest`'s recorder, when this disk records.
+    recorder: Option<Box<crate::crash::Recorder>>,
     /// This side wrote `eventfd` since the last `drain_completions` read
     /// it: one signal is enough until then, and a polling caller that
     /// never reads it pays for one write, not one per completion.
@@ -122,9 +124,14 @@ impl Disk {
         if self.in_flight() >= QUEUE_DEPTH {
             return Err(BlockError::QueueFull { depth: QUEUE_DEPTH });
         }
+        let noted = self.recorder.is_some().then(|| record::Noted::of(&op));
         let req = self
             .prepare(op, user_data)
             .inspect_err(|_| self.stats.errors += 1)?;
+        if let Some(noted) = noted {
+            // SAFETY: the caller's contract covers the segments.
+            unsafe { self.record_submit(noted, user_data, &req) };
+        }
         match req {
             Prepared::Done(kind, c) => self.finish_now(kind, c),
             // SAFETY: the caller's contract covers the segments; the bounce
@@ -618,6 +625,7 @@ impl Disk {
         if c.result.is_err() {
             self.stats.errors += 1;
         }
+        self.record_completion(c.user_data, c.result.is_ok());
         count_kind(&mut self.stats, kind);
         self.ready.push_back(c);
         self.signal();
@@ -625,6 +633,7 @@ impl Disk {
 
     /// Counts and queues the completion of `r`.
     fn finish(&mut self, r: InFlight, result: Result<u32, BlockError>) {
+        self.record_completion(r.user_data, result.is_ok());
         let s = &mut self.stats;
         match (r.kind, &result) {
             (_, Err(_)) => s.errors += 1,
@@ -684,5 +693,6 @@ fn count_kind(s: &mut DiskStats, kind: Kind) {
 
 mod control;
 mod hold;
+mod record;
 #[cfg(test)]
 mod tests;

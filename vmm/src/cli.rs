@@ -74,6 +74,10 @@ pub struct Cli {
 /// Subcommands besides booting a kernel.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Runs a workload with its disk's writes recorded, then boots a check on
+    /// every disk state a power cut could have left.
+    #[command(long_about = crate::crashtest::CRASHTEST_HELP)]
+    Crashtest(crate::crashtest::CrashtestArgs),
     /// Compares the cache modes through the probe guest, or benchmarks the
     /// host I/O path against fio (--io-path), or ferrite's own overhead (--overhead).
     // A variant's doc comment would replace the Args' own long text: name
@@ -181,6 +185,20 @@ fn one_line(rendered: &str) -> String {
         reason.push_str(&details.join(", "));
     }
     format!("ferrite: {}", reason.trim_end())
+}
+
+/// The subcommand `args` (after `ferrite`) parse to; panics otherwise.
+/// For the subcommands' own tests.
+#[cfg(test)]
+pub fn parse_subcommand(args: &[&str]) -> Command {
+    let all = std::iter::once("ferrite").chain(args.iter().copied());
+    match parse(all) {
+        Ok(Cli {
+            command: Some(c), ..
+        }) => c,
+        Ok(_) => panic!("{args:?}: no subcommand"),
+        Err(e) => panic!("{args:?}: {e:?}"),
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,9 @@ pub struct DriveConfig {
     pub engine: Option<EngineKind>,
     /// `snapshot=on`: boot a throwaway copy; the image never changes.
     pub snapshot: bool,
+    /// Record the disk's writes into this directory (`ferrite crashtest`
+    /// sets it; not a `--drive` option).
+    pub record: Option<PathBuf>,
     /// `werror=` and `rerror=` (QEMU's defaults: enospc, report).
     pub errors: ErrorPolicy,
 }
@@ -202,6 +205,7 @@ pub fn parse_drive(s: &str) -> Result<DriveConfig, DriveError> {
         serial,
         engine,
         snapshot,
+        record: None,
         errors,
     })
 }

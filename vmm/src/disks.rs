@@ -25,6 +25,9 @@ pub enum DiskError {
     /// The image could not be opened or locked (the message names it).
     #[error(transparent)]
     Open(#[from] block::BlockError),
+    /// `ferrite crashtest`'s recording could not start.
+    #[error(transparent)]
+    Record(#[from] block::crash::RecordError),
     /// The device could not start.
     #[error("drive {path}: {source}")]
     Device {
@@ -98,6 +101,9 @@ pub fn attach(
 ) -> Result<Attached, DiskError> {
     let path = drive.path.display().to_string();
     let mut disk = block::Disk::open(&drive.disk_config())?;
+    if let Some(dir) = &drive.record {
+        disk.record_to(dir)?;
+    }
     disk.set_error_policy(drive.errors);
     let opts = BlockOptions {
         name: format!("disk {}", slot.index),

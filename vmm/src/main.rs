@@ -10,6 +10,7 @@ mod boot;
 mod cli;
 mod config;
 mod console;
+mod crashtest;
 mod demo;
 mod disks;
 mod exit;
@@ -75,6 +76,7 @@ fn run(cli: Cli, stdin: console::Stdin) -> i32 {
     if let Some(command) = cli.command {
         return match command {
             cli::Command::Bench(args) => bench_status(&args),
+            cli::Command::Crashtest(args) => crashtest::run(args),
             cli::Command::Demo(args) => demo::run(args),
             cli::Command::Run(args) => run::run(args),
         };

@@ -29,6 +29,9 @@ pub struct Cut {
     pub durable: Vec<u64>,
     /// Writes that may or may not be, in apply order.
     pub optional: Vec<u64>,
+    /// The optional writes still in flight at the cut (the last of
+    /// `optional`): the ones a power cut may tear.
+    pub in_flight: Vec<u64>,
 }
 
 /// Sorts `cut`'s writes into durable and optional.
@@ -73,7 +76,8 @@ pub fn analyse(log: &WriteLog, at: usize) -> Result<Cut, LogError> {
         cut.order.push(id);
     }
     cut.optional.extend(&in_flight);
-    cut.order.extend(in_flight);
+    cut.order.extend(&in_flight);
+    cut.in_flight = in_flight;
     Ok(cut)
 }
 
@@ -86,6 +90,18 @@ pub struct CrashState {
     pub kept: Vec<u64>,
     /// Writes submitted before the cut that are not on the disk.
     pub dropped: Vec<u64>,
+    /// Kept writes that reached the disk only in part (with tearing).
+    pub torn: Vec<Torn>,
+}
+
+/// A write a power cut tore: which of its 512-byte sectors, in order,
+/// reached the disk (some but not all).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Torn {
+    /// The write's id.
+    pub id: u64,
+    /// One flag per sector of the write.
+    pub sectors: Vec<bool>,
 }
 
 impl CrashState {
@@ -107,8 +123,34 @@ impl CrashState {
             cut: cut.at,
             kept,
             dropped,
+            torn: Vec::new(),
         }
     }
+}
+
+/// 512 bytes: what a disk writes atomically at best.
+const SECTOR: u64 = 512;
+
+/// Tears each kept in-flight write of more than one sector with even
+/// odds: a random subset of its sectors, neither empty nor full.
+fn tear_some(cut: &Cut, kept: &[u64], sectors: &HashMap<u64, u64>, rng: &mut Rng) -> Vec<Torn> {
+    let mut torn = Vec::new();
+    for &id in cut.in_flight.iter().filter(|id| kept.contains(id)) {
+        let n = sectors.get(&id).copied().unwrap_or(0) as usize;
+        if n < 2 || rng.next() & 1 == 0 {
+            continue;
+        }
+        let mut flags: Vec<bool> = (0..n).map(|_| rng.next() & 1 == 1).collect();
+        // Neither none nor all: those are the dropped and the kept write.
+        let pick = (rng.next() % n as u64) as usize;
+        if flags.iter().all(|&f| f) {
+            flags[pick] = false;
+        } else if !flags.iter().any(|&f| f) {
+            flags[pick] = true;
+        }
+        torn.push(Torn { id, sectors: flags });
+    }
+    torn
 }
 
 /// A small deterministic generator (splitmix64): states reproduce from
@@ -130,11 +172,34 @@ impl Rng {
 /// (evenly spread if there are more than half of `max`), then random cuts
 /// with random subsets of their optional writes, reproducible from `seed`.
 pub fn generate(log: &WriteLog, max: usize, seed: u64) -> Result<Vec<CrashState>, LogError> {
+    explore(log, max, seed, false)
+}
+
+/// Like [`generate`], and each random state also tears, with even odds,
+/// every kept write that was in flight at its cut and spans more than one
+/// 512-byte sector: a random subset of its sectors (not none, not all)
+/// reaches the disk, as when power fails while a disk writes it.
+pub fn generate_torn(log: &WriteLog, max: usize, seed: u64) -> Result<Vec<CrashState>, LogError> {
+    explore(log, max, seed, true)
+}
+
+/// A state's identity, for keeping each state once.
+type Key = (Vec<u64>, Vec<Torn>);
+
+fn explore(log: &WriteLog, max: usize, seed: u64, tear: bool) -> Result<Vec<CrashState>, LogError> {
     log.validate()?;
-    let mut seen: BTreeSet<Vec<u64>> = BTreeSet::new();
+    let sectors: HashMap<u64, u64> = log
+        .events
+        .iter()
+        .filter_map(|e| match *e {
+            Event::WriteSubmitted { id, len, .. } => Some((id, len.div_ceil(SECTOR))),
+            _ => None,
+        })
+        .collect();
+    let mut seen: BTreeSet<Key> = BTreeSet::new();
     let mut states = Vec::new();
     let mut push = |s: CrashState, states: &mut Vec<CrashState>| {
-        if states.len() < max && seen.insert(s.kept.clone()) {
+        if states.len() < max && seen.insert((s.kept.clone(), s.torn.clone())) {
             states.push(s);
         }
     };
@@ -163,7 +228,11 @@ pub fn generate(log: &WriteLog, max: usize, seed: u64) -> Result<Vec<CrashState>
         let at = (rng.next() % (log.events.len() as u64 + 1)) as usize;
         let cut = analyse(log, at)?;
         let bits: Vec<bool> = cut.optional.iter().map(|_| rng.next() & 1 == 1).collect();
-        push(CrashState::from_choice(&cut, |i| bits[i]), &mut states);
+        let mut state = CrashState::from_choice(&cut, |i| bits[i]);
+        if tear {
+            state.torn = tear_some(&cut, &state.kept, &sectors, &mut rng);
+        }
+        push(state, &mut states);
     }
     Ok(states)
 }
@@ -304,6 +373,51 @@ mod tests {
         assert_eq!((all.kept, all.dropped), (vec![2, 1, 3], vec![]));
         let least = CrashState::from_choice(&cut, |_| false);
         assert_eq!((least.kept, least.dropped), (vec![1], vec![2, 3]));
+    }
+
+    #[test]
+    fn only_kept_writes_in_flight_at_the_cut_tear_and_never_whole() {
+        let big = |id| WriteSubmitted {
+            id,
+            offset: id * 65536,
+            len: 8 * 512,
+        };
+        let log = WriteLog {
+            initial_write_cache: true,
+            events: vec![
+                big(1),
+                done(1),
+                FlushSubmitted { id: 1 },
+                FlushCompleted { id: 1 },
+                big(2),
+                big(3),
+                w(4), // 8 sectors too (4096 bytes)
+                done(3),
+            ],
+        };
+        assert!(generate(&log, 40, 5)
+            .unwrap()
+            .iter()
+            .all(|s| s.torn.is_empty()));
+        let states = generate_torn(&log, 40, 5).unwrap();
+        assert_eq!(states, generate_torn(&log, 40, 5).unwrap());
+        let mut tore = 0;
+        for s in &states {
+            let cut = analyse(&log, s.cut).unwrap();
+            for t in &s.torn {
+                tore += 1;
+                assert!(
+                    cut.in_flight.contains(&t.id) && s.kept.contains(&t.id),
+                    "{s:?}"
+                );
+                assert_eq!(t.sectors.len(), 8);
+                assert!(t.sectors.iter().any(|&x| x) && !t.sectors.iter().all(|&x| x));
+            }
+            // Writes 1 and 3 tear only before they completed.
+            assert!(s.cut < 2 || s.torn.iter().all(|t| t.id != 1), "{s:?}");
+            assert!(s.cut < 8 || s.torn.iter().all(|t| t.id != 3), "{s:?}");
+        }
+        assert!(tore > 0, "{states:?}");
     }
 
     #[test]

@@ -94,6 +94,7 @@ impl Disk {
             fences: 0,
             stop_errno: 0,
             eventfd,
+            recorder: None,
             signalled: false,
             file,
             _lock: lock,
@@ -213,6 +214,7 @@ impl Disk {
         }
         if self.read_only || self.cache == CacheMode::Unsafe {
             self.wce = enabled;
+            self.record_write_cache();
             return Ok(());
         }
         self.quiesce();
@@ -230,6 +232,7 @@ impl Disk {
             self.fd_dsync = want_dsync;
         }
         self.wce = enabled;
+        self.record_write_cache();
         if !enabled {
             // What the cache held must be durable before writes are promised to be.
             self.sync_now()?;

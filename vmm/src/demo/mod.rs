@@ -202,6 +202,7 @@ fn demo(args: &DemoArgs) -> Result<i32, DemoError> {
                         serial: Some(format!("demo-{}", mode.name())),
                         engine: None,
                         snapshot: false,
+                        record: None,
                         errors: block::ErrorPolicy::QEMU,
                     },
                     name,

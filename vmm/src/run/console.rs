@@ -37,6 +37,9 @@ pub struct RunState {
     pub timed_out: Option<super::watchdog::Limit>,
     /// Set when the guest has stopped: the watchdog leaves.
     pub done: bool,
+    /// When set, the command's stdout and stderr go here instead of to
+    /// ferrite's own (`ferrite crashtest` reports them per state).
+    pub captured: Option<Vec<u8>>,
 }
 
 /// [`RunState`] with the condition variable the watchdog sleeps on.
@@ -122,6 +125,10 @@ impl RunConsole {
                 if let Some(ktap) = state.ktap.as_mut() {
                     ktap.feed(&bytes);
                 }
+                if let Some(c) = state.captured.as_mut() {
+                    c.extend_from_slice(&bytes);
+                    return;
+                }
                 drop(state);
                 // A closed stdout must not stop the guest.
                 let mut out = io::stdout().lock();
@@ -129,6 +136,10 @@ impl RunConsole {
             }
             Frame::Stderr(bytes) => {
                 state.first_output.get_or_insert_with(Instant::now);
+                if let Some(c) = state.captured.as_mut() {
+                    c.extend_from_slice(&bytes);
+                    return;
+                }
                 drop(state);
                 let _ = io::stderr().write_all(&bytes);
             }

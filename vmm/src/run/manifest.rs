@@ -24,6 +24,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use block::CacheMode;
 use serde::Deserialize;
 
 use super::verdict::STATUS_RUN_ERROR;
@@ -166,6 +167,9 @@ pub fn specs(
             out: None,
             drives: args.drives.clone(),
             command,
+            root_cache: CacheMode::Unsafe,
+            record: None,
+            capture: false,
         };
         out.push((t.name, spec));
     }

@@ -140,6 +140,9 @@ pub enum Root {
     Dir(PathBuf),
     /// `--image IMG`.
     Image(PathBuf),
+    /// An image made for this run alone (`ferrite crashtest`'s copies):
+    /// booted in place, no throwaway copy.
+    Owned(PathBuf),
 }
 
 /// One run, from the command line or a config file's target.
@@ -167,6 +170,13 @@ pub struct RunSpec {
     pub drives: Vec<DriveConfig>,
     /// The command.
     pub command: Vec<OsString>,
+    /// The root disk's cache mode (`unsafe` for a throwaway disk; what
+    /// `ferrite crashtest` tests otherwise).
+    pub root_cache: CacheMode,
+    /// Record the root disk's writes into this directory.
+    pub record: Option<PathBuf>,
+    /// Keep the command's stdout and stderr instead of passing them on.
+    pub capture: bool,
 }
 
 /// Seconds to a limit; 0 is none.
@@ -193,6 +203,9 @@ impl RunSpec {
             out: args.out,
             drives: args.drives,
             command: args.command,
+            root_cache: CacheMode::Unsafe,
+            record: None,
+            capture: false,
         }
     }
 }
@@ -258,12 +271,21 @@ pub fn report(verdict: &Verdict) {
 
 /// Runs one spec; never panics on bad input.
 pub fn run_one(spec: &RunSpec, verbose: bool) -> Verdict {
+    run_captured(spec, verbose).0
+}
+
+/// Runs one spec; also returns the command's output when `spec.capture`
+/// (stdout and stderr, interleaved as they came).
+pub fn run_captured(spec: &RunSpec, verbose: bool) -> (Verdict, Vec<u8>) {
     match boot(spec, verbose) {
         Ok(v) => v,
-        Err(e) => Verdict {
-            status: STATUS_RUN_ERROR,
-            lines: vec![format!("ferrite run: {e}")],
-        },
+        Err(e) => (
+            Verdict {
+                status: STATUS_RUN_ERROR,
+                lines: vec![format!("ferrite run: {e}")],
+            },
+            Vec::new(),
+        ),
     }
 }
 
@@ -277,7 +299,7 @@ pub fn check_kvm() -> Result<(), RunError> {
         .map_err(RunError::NoKvm)
 }
 
-fn boot(spec: &RunSpec, verbose: bool) -> Result<Verdict, RunError> {
+fn boot(spec: &RunSpec, verbose: bool) -> Result<(Verdict, Vec<u8>), RunError> {
     let t0 = Instant::now();
     check_kvm()?;
     ikconfig::check_file(&spec.kernel)?;
@@ -286,12 +308,17 @@ fn boot(spec: &RunSpec, verbose: bool) -> Result<Verdict, RunError> {
         .tempdir()
         .map_err(scratch("a scratch directory"))?;
     let root_image = work.path().join("root.img");
-    match &spec.root {
-        Root::Image(img) => snapshot::throwaway_copy(img, &root_image)?,
-        Root::Busybox => snapshot::throwaway_copy(&rootfs::cached(None)?, &root_image)?,
-        Root::Dir(dir) => snapshot::throwaway_copy(&rootfs::cached(Some(dir))?, &root_image)?,
+    let root_image = match &spec.root {
+        Root::Owned(img) => img.clone(),
+        Root::Image(img) => copied(img, root_image)?,
+        Root::Busybox => copied(&rootfs::cached(None)?, root_image)?,
+        Root::Dir(dir) => copied(&rootfs::cached(Some(dir))?, root_image)?,
     };
-    let mut drives = vec![throwaway_drive(root_image)];
+    let mut drives = vec![DriveConfig {
+        cache: spec.root_cache,
+        record: spec.record.clone(),
+        ..throwaway_drive(root_image)
+    }];
     let out_image = work.path().join("out.img");
     if spec.out.is_some() {
         outdisk::create(&out_image)?;
@@ -333,6 +360,9 @@ fn boot(spec: &RunSpec, verbose: bool) -> Result<Verdict, RunError> {
     if spec.ktap {
         shared.lock().ktap = Some(ktap::Ktap::default());
     }
+    if spec.capture {
+        shared.lock().captured = Some(Vec::new());
+    }
     let panic = PanicSeen::default();
     let (sink_shared, sink_panic) = (shared.clone(), panic.clone());
     let console: ConsoleFactory = Box::new(move |exit| {
@@ -369,6 +399,7 @@ fn boot(spec: &RunSpec, verbose: bool) -> Result<Verdict, RunError> {
             verdict.status = 1;
         }
     }
+    let output = state.captured.take().unwrap_or_default();
     drop(state);
     if let Some(dir) = &spec.out {
         if let Err(e) = outdisk::extract(&out_image, dir) {
@@ -378,7 +409,13 @@ fn boot(spec: &RunSpec, verbose: bool) -> Result<Verdict, RunError> {
             }
         }
     }
-    Ok(verdict)
+    Ok((verdict, output))
+}
+
+/// `dst` after copying `src` there.
+fn copied(src: &std::path::Path, dst: PathBuf) -> Result<PathBuf, SnapshotError> {
+    snapshot::throwaway_copy(src, &dst)?;
+    Ok(dst)
 }
 
 /// A disk nobody keeps: the cache mode that spares the host's syncs.
@@ -390,6 +427,7 @@ fn throwaway_drive(path: PathBuf) -> DriveConfig {
         serial: None,
         engine: None,
         snapshot: false,
+        record: None,
         errors: block::ErrorPolicy::QEMU,
     }
 }
@@ -414,14 +452,10 @@ mod tests {
     use crate::cli::{parse, Command};
 
     fn run_args(args: &[&str]) -> RunArgs {
-        let mut all = vec!["ferrite", "run"];
-        all.extend(args);
-        match parse(all) {
-            Ok(cli) => match cli.command {
-                Some(Command::Run(a)) => a,
-                other => panic!("not run: {other:?}"),
-            },
-            Err(e) => panic!("{e:?}"),
+        let all: Vec<&str> = std::iter::once("run").chain(args.iter().copied()).collect();
+        match crate::cli::parse_subcommand(&all) {
+            Command::Run(a) => a,
+            other => panic!("not run: {other:?}"),
         }
     }
 
