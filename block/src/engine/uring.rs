@@ -253,18 +253,23 @@ mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
 
+    /// A write that only `runs_inline` and `blocks_on_ring` look at.
+    fn null_write(dsync: bool) -> HostOp {
+        HostOp::Writev {
+            iov: std::ptr::null(),
+            count: 0,
+            offset: 0,
+            dsync,
+        }
+    }
+
     #[test]
     fn the_engine_runs_plain_page_cache_writes_itself() {
         let Ok(efd) = EventFd::new(libc::EFD_NONBLOCK) else {
             return;
         };
         let f = tempfile::tempfile().expect("temp");
-        let write = |dsync| HostOp::Writev {
-            iov: std::ptr::null(),
-            count: 0,
-            offset: 0,
-            dsync,
-        };
+        let write = null_write;
         for page_cache in [true, false] {
             let data = DataFd {
                 fd: f.as_raw_fd(),
@@ -353,12 +358,7 @@ mod tests {
             return;
         };
         let f = tempfile::tempfile().expect("temp");
-        let write = |dsync| HostOp::Writev {
-            iov: std::ptr::null(),
-            count: 0,
-            offset: 0,
-            dsync,
-        };
+        let write = null_write;
         let read = HostOp::Readv {
             iov: std::ptr::null(),
             count: 0,

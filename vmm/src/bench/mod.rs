@@ -110,6 +110,11 @@ pub struct BenchArgs {
     /// in µs (--io-path; 0: never spins, as before polling existed).
     #[arg(long, value_name = "US", default_value_t = devices::virtio::block::DEFAULT_POLL_MAX.as_micros() as u64)]
     pub poll_us: u64,
+    /// Spin without offering the CPU to other tasks (device window and
+    /// the driver's halt polling), as before they yielded (--io-path; to
+    /// measure what yielding does on a contended host).
+    #[arg(long)]
+    pub poll_keep: bool,
     /// Scratch image for the probe guest [default: a temporary file in the
     /// scratch directory]; must not exist: created at --size (at most 1G),
     /// written over, then removed.
@@ -193,6 +198,7 @@ fn io_path_config(args: &BenchArgs) -> Result<IoPathConfig, BenchError> {
         workloads,
         wait: args.wait,
         poll_max: Duration::from_micros(args.poll_us),
+        poll_yields: !args.poll_keep,
     })
 }
 

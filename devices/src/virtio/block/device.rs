@@ -21,7 +21,7 @@ pub use super::error::{BlockDeviceError, StartHookError, ThreadStart};
 use super::handle::BlockHandle;
 use super::io_thread::{Control, Worker};
 use super::metrics::{BlockReport, Identity};
-use super::poll::DEFAULT_POLL_MAX;
+use super::poll::{PollWindow, DEFAULT_POLL_MAX};
 use super::request::{id_bytes, DiskLimits, SECTOR_SIZE};
 use crate::virtio::mmio::MmioTransport;
 use crate::virtio::{ActivateContext, ActivateError, VirtioDevice};
@@ -139,6 +139,9 @@ pub struct BlockOptions {
     /// The longest the I/O thread spins for work before it sleeps (see
     /// [`crate::virtio::block::poll`]); zero never spins.
     pub poll_max: Duration,
+    /// The I/O thread offers its CPU to other runnable tasks every few
+    /// microseconds while it spins (see [`crate::virtio::block::poll::Spin`]).
+    pub poll_yields: bool,
 }
 
 impl Default for BlockOptions {
@@ -147,6 +150,7 @@ impl Default for BlockOptions {
             serial: None,
             thread_start: None,
             poll_max: DEFAULT_POLL_MAX,
+            poll_yields: true,
         }
     }
 }
@@ -193,7 +197,10 @@ impl BlockDevice {
             id,
             identity,
             opts.thread_start,
-            opts.poll_max,
+            PollWindow {
+                max: opts.poll_max,
+                yields: opts.poll_yields,
+            },
         )?;
         Ok(BlockDevice {
             features,

@@ -19,13 +19,14 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use block::{CacheMode, Completion, Disk, Op};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_S_UNSUPP};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use super::poll::{PollWindow, Spin};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::error::{BlockDeviceError, ThreadStart};
@@ -85,7 +86,7 @@ impl Worker {
         id: [u8; ID_BYTES],
         identity: Identity,
         start: Option<ThreadStart>,
-        poll_max: Duration,
+        poll: PollWindow,
     ) -> Result<Arc<Worker>, BlockDeviceError> {
         let ev = BlockDeviceError::Events;
         let wake = EventFd::new(libc::EFD_NONBLOCK).map_err(ev)?;
@@ -120,7 +121,7 @@ impl Worker {
             wake: thread_wake,
             rx,
             mail: None,
-            poll_max,
+            poll,
             limits,
             id,
             live: live.clone(),
@@ -233,7 +234,7 @@ struct IoThread {
     /// A message taken off `rx` while polling, handled before newer ones.
     mail: Option<Control>,
     /// How long to spin for work before sleeping (see `super::poll`).
-    poll_max: Duration,
+    poll: PollWindow,
     limits: DiskLimits,
     id: [u8; ID_BYTES],
     live: Arc<Mutex<Live>>,
@@ -291,19 +292,19 @@ impl IoThread {
         self.publish();
     }
 
-    /// Spins for up to `poll_max` until there is work; true if found.
+    /// Spins for up to `poll.max` until there is work; true if found.
     /// Driver notifications stay off meanwhile, so a driver adding chains
     /// makes no system call.
     fn poll_for_work(&mut self) -> bool {
-        if self.poll_max.is_zero() || self.active.is_none() {
+        if self.poll.max.is_zero() || self.active.is_none() {
             return false;
         }
-        let deadline = Instant::now() + self.poll_max;
+        let mut spin = Spin::new(self.poll.max, self.poll.yields);
         loop {
             if self.work_waiting() {
                 return true;
             }
-            if Instant::now() >= deadline {
+            if !spin.keep_going() {
                 return false;
             }
             std::hint::spin_loop();

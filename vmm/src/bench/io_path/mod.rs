@@ -159,6 +159,8 @@ pub struct IoPathConfig {
     pub wait: WaitMode,
     /// The I/O thread's longest poll window.
     pub poll_max: Duration,
+    /// Whether spinning (device and driver) offers the CPU to other tasks.
+    pub poll_yields: bool,
 }
 
 /// Puts the image in the same state before every run, outside any timed
@@ -265,14 +267,15 @@ pub fn run(cfg: &IoPathConfig, out: &mut dyn Write) -> Result<Vec<String>, Bench
     wr(
         out,
         &format!(
-            "# io-path: image={} ({}) size={} runtime={}ms repeats={} wait={:?} poll={}us (IOPS, latencies, CPU: medians of repeats; ratio = ferrite IOPS / fio IOPS, p99_ratio and added_*_us = ferrite - fio latency: medians over the repeats' pairs of adjacent runs)",
+            "# io-path: image={} ({}) size={} runtime={}ms repeats={} wait={:?} poll={}us poll_yields={} (IOPS, latencies, CPU: medians of repeats; ratio = ferrite IOPS / fio IOPS, p99_ratio and added_*_us = ferrite - fio latency: medians over the repeats' pairs of adjacent runs)",
             path.display(),
             target.what,
             size,
             cfg.runtime.as_millis(),
             cfg.repeats,
             cfg.wait,
-            cfg.poll_max.as_micros()
+            cfg.poll_max.as_micros(),
+            cfg.poll_yields,
         ),
     );
     let mut lines = Vec::new();
@@ -289,6 +292,7 @@ pub fn run(cfg: &IoPathConfig, out: &mut dyn Write) -> Result<Vec<String>, Bench
                     engine,
                     wait: cfg.wait,
                     poll_max: cfg.poll_max,
+                    poll_yields: cfg.poll_yields,
                 };
                 let (mut fs, mut os) = (Vec::new(), Vec::new());
                 for r in 0..cfg.repeats {
