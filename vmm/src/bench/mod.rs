@@ -37,7 +37,7 @@ On an emulating KVM (no vmx/svm, kvm_pvm) the guest-side rates measure the emula
 from an in-process driver through guest memory and a split virtqueue, and runs fio with the
 matching flags on the same file in the same run; one line per case, ratio = ferrite/fio IOPS,
 added_p50_us/added_p99_us = ferrite's latency minus fio's (what ferrite adds per request).
-The default run is short (256M, 500ms runs, 3 pairs: about 4 minutes here); --thorough is
+The default run is short (256M, 500ms runs, 3 pairs: about 4.5 minutes here); --thorough is
 the long one. --device ram runs both on memory (a tmpfs), where the storage adds no noise.
 
 --overhead: resident memory beyond guest RAM with a 128 MiB probe guest, and the time from
@@ -76,7 +76,7 @@ pub struct BenchArgs {
     )]
     pub device: Option<String>,
     /// --io-path's long run: 1G image, 5 s per run, 5 pairs per case
-    /// (about 45 minutes for every case; the default is about 4).
+    /// (about 45 minutes for every case; the default about 4.5).
     #[arg(long, requires = "io_path")]
     pub thorough: bool,
     /// Scratch image size (K, M, G, T suffixes; no suffix means MiB)
