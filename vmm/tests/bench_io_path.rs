@@ -271,4 +271,20 @@ fn sigterm_stops_a_bench_at_once_and_leaves_nothing_behind() {
     }
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "scratch left behind: {left:?}");
+    // No process of fio's (its job too, not only the one we spawned)
+    // still names the scratch directory.
+    let needle = dir.path().to_string_lossy().into_owned();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let alive: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            (cmd.contains(&needle) && !stat.contains(") Z")).then_some(cmd)
+        })
+        .collect();
+    assert!(alive.is_empty(), "still running: {alive:?}");
 }
