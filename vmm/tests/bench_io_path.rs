@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-const KEYS: [&str; 14] = [
+const KEYS: [&str; 16] = [
     "mode",
     "engine",
     "workload",
@@ -17,6 +17,8 @@ const KEYS: [&str; 14] = [
     "fio_p99_us",
     "driver_cpu_us",
     "device_cpu_us",
+    "added_p50_us",
+    "added_p99_us",
     "p99_ratio",
     "ratio",
     "",
@@ -85,7 +87,7 @@ fn tiny_io_path_run_prints_one_line_per_case_with_ratios() {
             .split_whitespace()
             .map(|kv| kv.split('=').next().unwrap_or(""))
             .collect();
-        assert_eq!(keys, KEYS[..13], "{line}");
+        assert_eq!(keys, KEYS[..15], "{line}");
         for key in [
             "ferrite_iops",
             "ferrite_p50_us",
@@ -124,10 +126,17 @@ fn tiny_io_path_run_prints_one_line_per_case_with_ratios() {
         }
     }
     assert!(
+        stdout.lines().any(|l| l.starts_with("# targets: ")
+            && l.contains("/4, added_p99")
+            && l.contains("/2; 1m-seq")
+            && l.ends_with("in 0/0")),
+        "no targets summary over the covered cases: {stdout}"
+    );
+    assert!(
         stdout
             .lines()
-            .any(|l| l.starts_with("# targets ") && l.contains("in ") && l.contains("/6 cases")),
-        "no targets summary over the 6 covered cases: {stdout}"
+            .any(|l| l.starts_with("# worst: 4k-qd1 added_p50_us=")),
+        "no worst-case line: {stdout}"
     );
     // The scratch image is gone.
     let left: Vec<_> = std::fs::read_dir(dir.path())
@@ -136,6 +145,40 @@ fn tiny_io_path_run_prints_one_line_per_case_with_ratios() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
     assert!(Path::new(dir.path()).exists());
+}
+
+#[test]
+fn a_ram_device_run_measures_on_tmpfs_and_leaves_nothing_mounted() {
+    if !fio_installed() {
+        eprintln!("SKIP: fio is not installed");
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args(["bench", "--io-path", "--device", "ram", "--size", "8M"])
+        .args(["--runtime", "200ms", "--repeats", "1", "--modes", "none"])
+        .args(["--engines", "threads", "--workloads", "randread-4k-qd1"])
+        .output()
+        .expect("run ferrite");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if stderr.contains("needs root") {
+        eprintln!("SKIP: {}", stderr.trim());
+        return;
+    }
+    assert!(out.status.success(), "{stderr}\n{stdout}");
+    let header = stdout
+        .lines()
+        .find(|l| l.starts_with("# io-path: "))
+        .unwrap_or_default();
+    assert!(header.contains("tmpfs"), "{stdout}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("mode="))
+        .unwrap_or("");
+    positive(line, "fio_iops");
+    positive(line, "ferrite_iops");
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    assert!(!mounts.contains("ferrite-bench-ram-"), "{mounts}");
 }
 
 #[test]
@@ -233,4 +276,20 @@ fn sigterm_stops_a_bench_at_once_and_leaves_nothing_behind() {
     }
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "scratch left behind: {left:?}");
+    // No process of fio's (its job too, not only the one we spawned)
+    // still names the scratch directory.
+    let needle = dir.path().to_string_lossy().into_owned();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let alive: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            (cmd.contains(&needle) && !stat.contains(") Z")).then_some(cmd)
+        })
+        .collect();
+    assert!(alive.is_empty(), "still running: {alive:?}");
 }

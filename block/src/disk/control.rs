@@ -65,6 +65,7 @@ impl Disk {
         let data = DataFd {
             fd: file.as_raw_fd(),
             page_cache: page_cache(cfg.cache, fd_dsync),
+            dsync: fd_dsync,
         };
         let engine = engine::create(cfg.engine, data, &eventfd, QUEUE_DEPTH)?;
         Ok(Disk {
@@ -226,6 +227,7 @@ impl Disk {
                 .set_fd(DataFd {
                     fd: file.as_raw_fd(),
                     page_cache: page_cache(self.cache, want_dsync),
+                    dsync: want_dsync,
                 })
                 .map_err(BlockError::Io)?;
             self.file = file;

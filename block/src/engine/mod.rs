@@ -119,6 +119,8 @@ pub(crate) struct DataFd {
     /// Buffered without O_DSYNC: a write without RWF_DSYNC only copies
     /// into the page cache.
     pub page_cache: bool,
+    /// Opened with O_DSYNC: every write is durable at completion.
+    pub dsync: bool,
 }
 
 /// What every engine does.
@@ -143,8 +145,9 @@ pub(crate) trait Engine: Send {
     /// Whether `reap` would find something (no system call).
     fn has_completions(&mut self) -> bool;
 
-    /// The engine signals the disk's eventfd for each completion itself
-    /// (else the disk does, after `kick`).
+    /// The engine signals the disk's eventfd itself for every completion
+    /// `reap` would return now (else the disk does, after `kick`): true
+    /// for a ring, false for work the engine ran on the caller's thread.
     fn signals_completions(&self) -> bool;
 
     /// Blocks until at least one completion can be reaped (kicks first).
@@ -168,6 +171,7 @@ pub fn io_uring_supported() -> bool {
                     let data = DataFd {
                         fd: f.as_raw_fd(),
                         page_cache: false,
+                        dsync: false,
                     };
                     UringEngine::new(data, &efd, 4).ok()
                 })

@@ -55,6 +55,8 @@ pub struct Opts {
     pub sectors: u64,
     /// The I/O thread's poll window.
     pub poll_max: Duration,
+    /// Whether a preemption ends the window early.
+    pub poll_yields: bool,
     /// The host's logical block as the disk is forced to see it.
     pub block_size: u32,
     /// `BlockOptions::inline`: no I/O thread.
@@ -70,6 +72,7 @@ impl Default for Opts {
             engine: None,
             sectors: SECTORS,
             poll_max: DEFAULT_POLL_MAX,
+            poll_yields: true,
             block_size: 512,
             inline: false,
         }
@@ -116,6 +119,7 @@ pub fn rig(opts: Opts) -> Option<Rig> {
             serial: opts.serial,
             poll_max: opts.poll_max,
             inline: opts.inline,
+            poll_yields: opts.poll_yields,
             ..BlockOptions::default()
         },
     )

@@ -148,6 +148,7 @@ fn event_idx_suppresses_interrupts_until_used_event() {
 fn a_polling_io_thread_serves_chains_without_notifications() {
     let Some(mut rig) = rig(Opts {
         poll_max: Duration::from_secs(30),
+        poll_yields: false,
         ..Opts::default()
     }) else {
         return;

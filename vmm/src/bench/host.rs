@@ -42,6 +42,11 @@ fn fs_magic(dir: &Path) -> Option<i64> {
     (rc == 0).then_some(st.f_type as i64)
 }
 
+/// Whether `dir` is on a tmpfs (memory, no device under it).
+pub fn is_tmpfs(dir: &Path) -> bool {
+    fs_magic(dir) == Some(TMPFS_MAGIC)
+}
+
 /// Whether `dir` is on a disk-backed file system that accepts O_DIRECT.
 pub fn direct_io_ok(dir: &Path) -> bool {
     if matches!(fs_magic(dir), None | Some(TMPFS_MAGIC) | Some(RAMFS_MAGIC)) {

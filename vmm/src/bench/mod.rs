@@ -24,6 +24,7 @@ use block::{CacheMode, EngineKind};
 use clap::Args;
 
 use io_path::driver::WaitMode;
+use io_path::target::Device;
 use io_path::{BenchError, IoPathConfig, WORKLOADS};
 
 /// `ferrite bench --help`'s long text.
@@ -35,13 +36,17 @@ On an emulating KVM (no vmx/svm, kvm_pvm) the guest-side rates measure the emula
 
 --io-path: drives ferrite's virtio-blk device (MMIO transport, I/O thread, block backend)
 from an in-process driver through guest memory and a split virtqueue, and runs fio with the
-matching flags on the same file in the same run; one line per case, ratio = ferrite/fio IOPS.
+matching flags on the same file in the same run; one line per case, ratio = ferrite/fio IOPS,
+added_p50_us/added_p99_us = ferrite's latency minus fio's (what ferrite adds per request).
+The default run is short (256M, 500ms runs, 3 pairs: about 4.5 minutes here); --thorough is
+the long one. --device ram runs both on memory (a tmpfs), where the storage adds no noise.
 
 --overhead: resident memory beyond guest RAM with a 128 MiB probe guest, and the time from
 spawning ferrite to its first KVM_RUN.
 
 Examples:
   ferrite bench --json modes.json
+  ferrite bench --io-path --device ram
   ferrite bench --io-path --dir /var/tmp --runtime 2s --modes none,directsync --engines io_uring
   ferrite bench --overhead";
 
@@ -60,16 +65,33 @@ pub struct BenchArgs {
     /// first of $TMPDIR, /tmp, /var/tmp, . on a disk-backed file system).
     #[arg(long, value_name = "PATH")]
     pub dir: Option<PathBuf>,
-    /// Scratch image size (K, M, G, T suffixes; no suffix means MiB); the
-    /// probe guest's image is at most 1G.
-    #[arg(long, value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
-    pub size: u64,
-    /// Time of one run (suffix ms or s; no suffix means seconds).
-    #[arg(long, value_name = "TIME", default_value = "5s", value_parser = parse_duration)]
-    pub runtime: Duration,
-    /// Runs per case and side; the medians are reported.
-    #[arg(long, value_name = "N", default_value_t = 3)]
-    pub repeats: usize,
+    /// --io-path on `ram` (a scratch image in a tmpfs: a device whose
+    /// latency does not wander, so the difference is ferrite's own cost),
+    /// or on PATH, a block device or file that is overwritten.
+    #[arg(
+        long,
+        value_name = "ram|PATH",
+        conflicts_with = "dir",
+        requires = "io_path"
+    )]
+    pub device: Option<String>,
+    /// --io-path's long run: 1G image, 5 s per run, 5 pairs per case
+    /// (about 45 minutes for every case; the default about 4.5).
+    #[arg(long, requires = "io_path")]
+    pub thorough: bool,
+    /// Scratch image size (K, M, G, T suffixes; no suffix means MiB)
+    /// [default: 256M for --io-path, 1G with --thorough and for the probe
+    /// guest, whose image is at most 1G].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// Time of one run (suffix ms or s; no suffix means seconds)
+    /// [default: 500ms, 5s with --thorough].
+    #[arg(long, value_name = "TIME", value_parser = parse_duration)]
+    pub runtime: Option<Duration>,
+    /// Runs per case and side; the medians are reported [default: 3, 5
+    /// with --thorough].
+    #[arg(long, value_name = "N")]
+    pub repeats: Option<usize>,
     /// Cache modes, comma-separated [default: all five].
     #[arg(long, value_name = "MODES", value_delimiter = ',')]
     pub modes: Vec<CacheMode>,
@@ -88,6 +110,11 @@ pub struct BenchArgs {
     /// in µs (--io-path; 0: never spins, as before polling existed).
     #[arg(long, value_name = "US", default_value_t = devices::virtio::block::DEFAULT_POLL_MAX.as_micros() as u64)]
     pub poll_us: u64,
+    /// Spin without offering the CPU to other tasks (device window and
+    /// the driver's halt polling), as before they yielded (--io-path; to
+    /// measure what yielding does on a contended host).
+    #[arg(long)]
+    pub poll_keep: bool,
     /// Scratch image for the probe guest [default: a temporary file in the
     /// scratch directory]; must not exist: created at --size (at most 1G),
     /// written over, then removed.
@@ -128,7 +155,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn io_path_config(args: &BenchArgs) -> Result<IoPathConfig, BenchError> {
-    let dir = host::scratch_dir(args.dir.as_deref()).map_err(BenchError::Usage)?;
+    let device = match args.device.as_deref() {
+        Some(d) => Device::parse(d),
+        None => Device::Dir(host::scratch_dir(args.dir.as_deref()).map_err(BenchError::Usage)?),
+    };
     let mut workloads = Vec::new();
     for name in &args.workloads {
         let wl = WORKLOADS
@@ -155,16 +185,20 @@ fn io_path_config(args: &BenchArgs) -> Result<IoPathConfig, BenchError> {
             "this kernel cannot run the io_uring engine; pass --engines threads".into(),
         ));
     }
+    let t = args.thorough;
     Ok(IoPathConfig {
-        dir,
-        size: args.size,
-        runtime: args.runtime,
-        repeats: args.repeats,
+        device,
+        size: args.size.unwrap_or(if t { 1 << 30 } else { 256 << 20 }),
+        runtime: args
+            .runtime
+            .unwrap_or(Duration::from_millis(if t { 5000 } else { 500 })),
+        repeats: args.repeats.unwrap_or(if t { 5 } else { 3 }),
         modes,
         engines,
         workloads,
         wait: args.wait,
         poll_max: Duration::from_micros(args.poll_us),
+        poll_yields: !args.poll_keep,
     })
 }
 
@@ -175,7 +209,11 @@ pub fn run(args: &BenchArgs) -> Result<(), BenchError> {
         let dir = host::scratch_dir(args.dir.as_deref()).map_err(BenchError::Usage)?;
         let scratch = ScratchDir::create(&dir)?;
         let stdout = std::io::stdout();
-        return overhead::run(scratch.path(), args.repeats.max(5), &mut stdout.lock());
+        return overhead::run(
+            scratch.path(),
+            args.repeats.unwrap_or(5).max(5),
+            &mut stdout.lock(),
+        );
     }
     if !args.io_path {
         return guest_bench(args);
@@ -226,7 +264,7 @@ fn guest_bench(args: &BenchArgs) -> Result<(), BenchError> {
             .image
             .clone()
             .unwrap_or_else(|| scratch.path().join("scratch.img")),
-        size: args.size.min(1 << 30),
+        size: args.size.unwrap_or(1 << 30).min(1 << 30),
         count: args.count,
         depth: args.depth,
         modes: if args.modes.is_empty() {

@@ -5,7 +5,8 @@
 //! runs, in-process device runs and child VMs, would never see them. A
 //! watcher thread reads the same signalfd instead: on a stop signal it
 //! kills the child processes the bench registered (fio, child ferrites),
-//! removes the scratch files and directories it registered, says which
+//! removes the scratch files and directories it registered, unmounts the
+//! memory-backed device's tmpfs if it mounted one, says which
 //! signal stopped it, and exits with 128 + the signal number, as a shell
 //! reports a process killed by it.
 
@@ -20,6 +21,7 @@ use crate::signals::StopSignals;
 struct Registry {
     children: Vec<u32>,
     paths: Vec<PathBuf>,
+    mounts: Vec<PathBuf>,
 }
 
 /// Set once a stop began: the thread that waited for a killed child must
@@ -29,6 +31,7 @@ static STOPPING: AtomicBool = AtomicBool::new(false);
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     children: Vec::new(),
     paths: Vec::new(),
+    mounts: Vec::new(),
 });
 
 fn registry() -> std::sync::MutexGuard<'static, Registry> {
@@ -74,6 +77,39 @@ impl Drop for PathGuard {
     }
 }
 
+/// A file system the bench mounted (the memory-backed device's tmpfs),
+/// which a stop unmounts and whose empty mount point it removes, for as
+/// long as this guard lives (its owner does so otherwise).
+pub struct MountGuard(PathBuf);
+
+impl MountGuard {
+    /// Registers the mount point `path`.
+    pub fn new(path: &Path) -> MountGuard {
+        registry().mounts.push(path.to_path_buf());
+        MountGuard(path.to_path_buf())
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        registry().mounts.retain(|p| p != &self.0);
+    }
+}
+
+/// Unmounts `mount_point` (lazily: a killed fio may still hold a file
+/// open for a moment) and removes the directory. Errors are the caller's
+/// to report.
+pub fn unmount(mount_point: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(mount_point.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: umount2 with a NUL-terminated path that outlives the call.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    std::fs::remove_dir(mount_point)
+}
+
 /// Starts the watcher thread. Without a signalfd the bench still runs, but
 /// a stop signal then waits for the end (said in one line).
 pub fn watch() {
@@ -101,9 +137,9 @@ pub fn watch() {
 /// Kills the children, removes the scratch paths and exits.
 fn stop(sig: libc::c_int) -> ! {
     STOPPING.store(true, Ordering::Release);
-    let (children, paths) = {
+    let (children, paths, mounts) = {
         let r = registry();
-        (r.children.clone(), r.paths.clone())
+        (r.children.clone(), r.paths.clone(), r.mounts.clone())
     };
     for pid in children {
         // SAFETY: kill(2) with a pid this process spawned and has not
@@ -116,6 +152,9 @@ fn stop(sig: libc::c_int) -> ! {
         } else {
             let _ = std::fs::remove_file(&p);
         }
+    }
+    for m in mounts {
+        let _ = unmount(&m);
     }
     let name = match sig {
         libc::SIGINT => "SIGINT",

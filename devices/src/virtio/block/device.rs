@@ -21,7 +21,7 @@ pub use super::error::{BlockDeviceError, StartHookError, ThreadStart};
 use super::handle::BlockHandle;
 use super::io_thread::{Control, Worker};
 use super::metrics::{BlockReport, Identity};
-use super::poll::DEFAULT_POLL_MAX;
+use super::poll::{PollWindow, DEFAULT_POLL_MAX};
 use super::request::{id_bytes, DiskLimits, SECTOR_SIZE};
 use crate::virtio::mmio::MmioTransport;
 use crate::virtio::{ActivateContext, ActivateError, VirtioDevice};
@@ -148,6 +148,9 @@ pub struct BlockOptions {
     /// and deterministic); never for a VM, whose vCPU must not wait for the
     /// disk. `thread_start` and `poll_max` do not apply.
     pub inline: bool,
+    /// The I/O thread offers its CPU to other runnable tasks every few
+    /// microseconds while it spins (see [`crate::virtio::block::poll::Spin`]).
+    pub poll_yields: bool,
 }
 
 impl Default for BlockOptions {
@@ -158,6 +161,7 @@ impl Default for BlockOptions {
             poll_max: DEFAULT_POLL_MAX,
             name: "disk".into(),
             inline: false,
+            poll_yields: true,
         }
     }
 }
@@ -204,7 +208,13 @@ impl BlockDevice {
             limits,
             id,
             identity,
-            (!opts.inline).then_some((opts.thread_start, opts.poll_max)),
+            (!opts.inline).then_some((
+                opts.thread_start,
+                PollWindow {
+                    max: opts.poll_max,
+                    yields: opts.poll_yields,
+                },
+            )),
         )?;
         Ok(BlockDevice {
             features,

@@ -19,13 +19,15 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use block::{CacheMode, Completion, Disk, Op};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_S_UNSUPP};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use super::poll::{PollWindow, Spin};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::error::{BlockDeviceError, ThreadStart};
@@ -94,9 +96,16 @@ impl Worker {
         limits: DiskLimits,
         id: [u8; ID_BYTES],
         identity: Identity,
-        thread: Option<(Option<ThreadStart>, Duration)>,
+        thread: Option<(Option<ThreadStart>, PollWindow)>,
     ) -> Result<Arc<Worker>, BlockDeviceError> {
-        let poll_max = thread.as_ref().map_or(Duration::ZERO, |t| t.1);
+        // Inline, nothing spins: the caller's thread runs the work.
+        let poll = thread.as_ref().map_or(
+            PollWindow {
+                max: Duration::ZERO,
+                yields: false,
+            },
+            |t| t.1,
+        );
         let ev = BlockDeviceError::Events;
         let wake = EventFd::new(libc::EFD_NONBLOCK).map_err(ev)?;
         let epoll = Epoll::new().map_err(ev)?;
@@ -132,7 +141,7 @@ impl Worker {
             wake: thread_wake,
             rx,
             mail: None,
-            poll_max,
+            poll,
             limits,
             id,
             live: live.clone(),
@@ -273,7 +282,7 @@ struct IoThread {
     /// A message taken off `rx` while polling, handled before newer ones.
     mail: Option<Control>,
     /// How long to spin for work before sleeping (see `super::poll`).
-    poll_max: Duration,
+    poll: PollWindow,
     limits: DiskLimits,
     id: [u8; ID_BYTES],
     live: Arc<Mutex<Live>>,
@@ -375,19 +384,19 @@ impl IoThread {
         }
     }
 
-    /// Spins for up to `poll_max` until there is work; true if found.
+    /// Spins for up to `poll.max` until there is work; true if found.
     /// Driver notifications stay off meanwhile, so a driver adding chains
     /// makes no system call.
     fn poll_for_work(&mut self) -> bool {
-        if self.poll_max.is_zero() || self.active.is_none() {
+        if self.poll.max.is_zero() || self.active.is_none() {
             return false;
         }
-        let deadline = Instant::now() + self.poll_max;
+        let mut spin = Spin::new(self.poll.max, self.poll.yields);
         loop {
             if self.work_waiting() {
                 return true;
             }
-            if Instant::now() >= deadline {
+            if !spin.keep_going() {
                 return false;
             }
             std::hint::spin_loop();

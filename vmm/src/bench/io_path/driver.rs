@@ -18,6 +18,7 @@ use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use devices::virtio::block::poll::Spin;
 use devices::virtio::block::BlockDevice;
 use devices::virtio::mmio::MmioTransport;
 use virtio_bindings::virtio_blk::{
@@ -103,6 +104,9 @@ pub struct Driver {
     pub notifies: u64,
     /// Times the driver slept on the interrupt eventfd.
     pub sleeps: u64,
+    /// `Hybrid` offers its CPU to other tasks while it spins, as KVM's
+    /// halt polling stops when another task is runnable on the vCPU's CPU.
+    pub halt_poll_yields: bool,
 }
 
 impl Driver {
@@ -179,6 +183,7 @@ impl Driver {
             last_used: 0,
             notifies: 0,
             sleeps: 0,
+            halt_poll_yields: true,
         };
         d.lay_out_chains()?;
         d.set_used_event()?;
@@ -350,6 +355,8 @@ impl Driver {
     pub fn wait(&mut self, out: &mut Vec<Done>) -> Result<usize, BenchError> {
         let start = Instant::now();
         let deadline = start + TIMEOUT;
+        // KVM stops halt polling when another task wants the vCPU's CPU.
+        let mut halt_poll = Spin::new(HALT_POLL, self.halt_poll_yields);
         loop {
             let n = self.reap(out)?;
             if n > 0 {
@@ -362,7 +369,7 @@ impl Driver {
             }
             let spin = match self.wait {
                 WaitMode::Poll => true,
-                WaitMode::Hybrid => start.elapsed() < HALT_POLL,
+                WaitMode::Hybrid => halt_poll.keep_going(),
                 WaitMode::Irq => false,
             };
             match spin {

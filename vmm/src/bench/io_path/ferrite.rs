@@ -28,6 +28,8 @@ pub struct RunConfig<'a> {
     pub wait: WaitMode,
     /// The I/O thread's longest poll window.
     pub poll_max: Duration,
+    /// Whether spinning (device and driver) offers the CPU to other tasks.
+    pub poll_yields: bool,
 }
 
 /// xorshift64: cheap and good enough to spread offsets.
@@ -75,12 +77,14 @@ pub fn run(cfg: &RunConfig<'_>, wl: &Workload, seed: u64) -> Result<Sample, Benc
     .map_err(|e| BenchError::Device(e.to_string()))?;
     let opts = BlockOptions {
         poll_max: cfg.poll_max,
+        poll_yields: cfg.poll_yields,
         ..BlockOptions::default()
     };
     let device =
         BlockDevice::with_options(disk, opts).map_err(|e| BenchError::Device(e.to_string()))?;
     let mem = Driver::guest_memory(wl.qd, u64::from(wl.bs))?;
     let mut drv = Driver::new(device, mem, wl.qd, u64::from(wl.bs), cfg.wait)?;
+    drv.halt_poll_yields = cfg.poll_yields;
     let kind = if wl.op == "read" {
         ReqKind::Read
     } else {

@@ -44,6 +44,11 @@ pub fn args(
         "--norandommap".into(),
         "--lat_percentiles=1".into(),
         "--output-format=json".into(),
+        // The job runs as a thread of the fio process we spawn, not as a
+        // forked process in a session of its own, which a stop's kill of
+        // that process can leave running (seen once: an io_uring QD32 job
+        // on the ram device, orphaned and still there half an hour later).
+        "--thread".into(),
     ];
     if wl.qd > 1 {
         a.push("--ioengine=io_uring".into());
@@ -146,7 +151,8 @@ mod tests {
         assert!(
             a.contains("--direct=1")
                 && a.contains("--sync=dsync")
-                && a.contains("--ioengine=psync"),
+                && a.contains("--ioengine=psync")
+                && a.contains("--thread"),
             "{a}"
         );
         let a = get(CacheMode::None, &wl("write", 32));

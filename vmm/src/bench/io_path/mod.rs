@@ -12,8 +12,10 @@
 pub mod driver;
 mod ferrite;
 pub mod fio;
+mod summary;
+pub mod target;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -22,6 +24,8 @@ use block::{CacheMode, EngineKind};
 
 use super::stats::median;
 use driver::WaitMode;
+use summary::Summary;
+use target::Device;
 
 /// Why a benchmark could not run.
 #[derive(Debug, thiserror::Error)]
@@ -137,8 +141,8 @@ fn medians(samples: &[Sample]) -> Sample {
 /// What `--io-path` runs.
 #[derive(Clone, Debug)]
 pub struct IoPathConfig {
-    /// Directory for the scratch image.
-    pub dir: PathBuf,
+    /// What to run on.
+    pub device: Device,
     /// Image size.
     pub size: u64,
     /// Time per run.
@@ -155,55 +159,8 @@ pub struct IoPathConfig {
     pub wait: WaitMode,
     /// The I/O thread's longest poll window.
     pub poll_max: Duration,
-}
-
-/// Removes the scratch image when the benchmark ends, however it ends
-/// (Ctrl-C included, see `bench::stop`).
-struct Scratch {
-    path: PathBuf,
-    _stop: crate::bench::stop::PathGuard,
-}
-
-impl Scratch {
-    fn new(path: PathBuf) -> Scratch {
-        let _stop = crate::bench::stop::PathGuard::new(&path);
-        Scratch { path, _stop }
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// Writes the whole image once, so that reads find data and writes find
-/// allocated blocks, for ferrite and fio alike.
-fn lay_out(path: &Path, size: u64) -> Result<(), BenchError> {
-    let err = |source| BenchError::Image {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(err)?;
-    let mut chunk = vec![0u8; 1 << 20];
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    for b in chunk.iter_mut() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *b = x as u8;
-    }
-    let mut left = size;
-    while left > 0 {
-        let n = left.min(chunk.len() as u64) as usize;
-        f.write_all(&chunk[..n]).map_err(err)?;
-        left -= n as u64;
-    }
-    f.sync_all().map_err(err)
+    /// Whether spinning (device and driver) offers the CPU to other tasks.
+    pub poll_yields: bool,
 }
 
 /// Puts the image in the same state before every run, outside any timed
@@ -212,7 +169,7 @@ fn lay_out(path: &Path, size: u64) -> Result<(), BenchError> {
 /// through the page cache the whole image is read into it, since O_DIRECT
 /// writes of an earlier case evict what they overwrite and whichever side
 /// ran first would otherwise warm the cache for the other.
-fn settle(path: &Path, mode: CacheMode) -> Result<(), BenchError> {
+fn settle(path: &Path, size: u64, mode: CacheMode) -> Result<(), BenchError> {
     let err = |source| BenchError::Image {
         path: path.to_path_buf(),
         source,
@@ -220,7 +177,7 @@ fn settle(path: &Path, mode: CacheMode) -> Result<(), BenchError> {
     let mut f = File::open(path).map_err(err)?;
     f.sync_data().map_err(err)?;
     if !mode.switches().direct {
-        std::io::copy(&mut f, &mut std::io::sink()).map_err(err)?;
+        std::io::copy(&mut std::io::Read::take(&mut f, size), &mut std::io::sink()).map_err(err)?;
     }
     Ok(())
 }
@@ -237,6 +194,10 @@ pub struct Ratios {
     pub iops: f64,
     /// ferrite p99 / fio p99.
     pub p99: f64,
+    /// ferrite p50 - fio p50, µs: what ferrite adds to a median request.
+    pub added_p50: f64,
+    /// ferrite p99 - fio p99, µs.
+    pub added_p99: f64,
 }
 
 impl Ratios {
@@ -249,6 +210,8 @@ impl Ratios {
         Ratios {
             iops: m(|a, b| a.iops / b.iops),
             p99: m(|a, b| a.p99_us / b.p99_us),
+            added_p50: m(|a, b| a.p50_us - b.p50_us),
+            added_p99: m(|a, b| a.p99_us - b.p99_us),
         }
     }
 }
@@ -265,7 +228,8 @@ pub fn line(
     format!(
         "mode={mode} engine={engine} workload={} ferrite_iops={:.0} ferrite_p50_us={:.1} \
          ferrite_p99_us={:.1} fio_iops={:.0} fio_p50_us={:.1} fio_p99_us={:.1} \
-         driver_cpu_us={:.2} device_cpu_us={:.2} p99_ratio={:.2} ratio={:.2}",
+         driver_cpu_us={:.2} device_cpu_us={:.2} added_p50_us={:.2} added_p99_us={:.2} \
+         p99_ratio={:.2} ratio={:.2}",
         wl.name,
         f.iops,
         f.p50_us,
@@ -275,6 +239,8 @@ pub fn line(
         o.p99_us,
         f.driver_us,
         f.device_us,
+        r.added_p50,
+        r.added_p99,
         r.p99,
         r.iops,
     )
@@ -292,11 +258,8 @@ pub fn run(cfg: &IoPathConfig, out: &mut dyn Write) -> Result<Vec<String>, Bench
             "need --repeats ≥ 1 and --size ≥ 2M".into(),
         ));
     }
-    let path = cfg
-        .dir
-        .join(format!("ferrite-bench-{}.img", std::process::id()));
-    let _scratch = Scratch::new(path.clone());
-    lay_out(&path, cfg.size)?;
+    let target = target::prepare(&cfg.device, cfg.size)?;
+    let (path, size) = (target.path.clone(), target.size);
     let wr = |out: &mut dyn Write, s: &str| {
         let _ = writeln!(out, "{s}");
         let _ = out.flush();
@@ -304,29 +267,32 @@ pub fn run(cfg: &IoPathConfig, out: &mut dyn Write) -> Result<Vec<String>, Bench
     wr(
         out,
         &format!(
-            "# io-path: image={} size={} runtime={}ms repeats={} wait={:?} poll={}us (IOPS, latencies: medians of repeats; ratio = ferrite IOPS / fio IOPS and p99_ratio: medians of the ratios within each repeat)",
+            "# io-path: image={} ({}) size={} runtime={}ms repeats={} wait={:?} poll={}us poll_yields={} (IOPS, latencies, CPU: medians of repeats; ratio = ferrite IOPS / fio IOPS, p99_ratio and added_*_us = ferrite - fio latency: medians over the repeats' pairs of adjacent runs)",
             path.display(),
-            cfg.size,
+            target.what,
+            size,
             cfg.runtime.as_millis(),
             cfg.repeats,
             cfg.wait,
-            cfg.poll_max.as_micros()
+            cfg.poll_max.as_micros(),
+            cfg.poll_yields,
         ),
     );
     let mut lines = Vec::new();
-    let mut targets = Targets::default();
+    let mut summary = Summary::default();
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     for &mode in &cfg.modes {
         for &engine in &cfg.engines {
             for wl in &cfg.workloads {
                 let rc = ferrite::RunConfig {
                     path: &path,
-                    size: cfg.size,
+                    size,
                     runtime: cfg.runtime,
                     mode,
                     engine,
                     wait: cfg.wait,
                     poll_max: cfg.poll_max,
+                    poll_yields: cfg.poll_yields,
                 };
                 let (mut fs, mut os) = (Vec::new(), Vec::new());
                 for r in 0..cfg.repeats {
@@ -334,11 +300,11 @@ pub fn run(cfg: &IoPathConfig, out: &mut dyn Write) -> Result<Vec<String>, Bench
                         .wrapping_mul(6364136223846793005)
                         .wrapping_add(1442695040888963407);
                     for side in [r % 2, 1 - r % 2] {
-                        settle(&path, mode)?;
+                        settle(&path, size, mode)?;
                         if side == 0 {
                             fs.push(ferrite::run(&rc, wl, seed)?);
                         } else {
-                            os.push(fio::run(&path, cfg.size, cfg.runtime, mode, wl)?);
+                            os.push(fio::run(&path, size, cfg.runtime, mode, wl)?);
                         }
                     }
                 }
@@ -347,39 +313,14 @@ pub fn run(cfg: &IoPathConfig, out: &mut dyn Write) -> Result<Vec<String>, Bench
                 let l = line(mode, engine, wl, &f, &o, r);
                 wr(out, &l);
                 lines.push(l);
-                targets.count(engine, wl, r);
+                summary.count(mode, engine, wl, &f, r);
             }
         }
     }
-    wr(out, &targets.summary());
+    for l in summary.lines() {
+        wr(out, &l);
+    }
     Ok(lines)
-}
-
-/// Issue 7's targets: ferrite ≥ 0.90 of fio's IOPS and p99 ≤ 1.2× fio's,
-/// at QD1 (every engine) and QD32 (io_uring).
-#[derive(Debug, Default)]
-struct Targets {
-    cases: usize,
-    iops_met: usize,
-    p99_met: usize,
-}
-
-impl Targets {
-    fn count(&mut self, engine: EngineKind, wl: &Workload, r: Ratios) {
-        if wl.bs != 4096 || (wl.qd > 1 && engine != EngineKind::IoUring) {
-            return;
-        }
-        self.cases += 1;
-        self.iops_met += usize::from(r.iops >= 0.9);
-        self.p99_met += usize::from(r.p99 <= 1.2);
-    }
-
-    fn summary(&self) -> String {
-        format!(
-            "# targets (4 KiB, QD1 all engines, QD32 io_uring): ratio>=0.90 in {}/{} cases, p99<=1.2x fio in {}/{}",
-            self.iops_met, self.cases, self.p99_met, self.cases
-        )
-    }
 }
 
 #[cfg(test)]
@@ -415,19 +356,10 @@ mod tests {
             l.starts_with("mode=none engine=io_uring workload=randwrite-4k-qd1 "),
             "{l}"
         );
-        assert!(l.ends_with(" p99_ratio=1.20 ratio=0.90"), "{l}");
-    }
-
-    #[test]
-    fn targets_count_only_the_cases_they_cover() {
-        let r = |iops, p99| Ratios { iops, p99 };
-        let mut t = Targets::default();
-        t.count(EngineKind::Sync, &WORKLOADS[0], r(0.95, 1.0));
-        t.count(EngineKind::IoUring, &WORKLOADS[1], r(0.8, 1.3));
-        t.count(EngineKind::Sync, &WORKLOADS[1], r(0.01, 9.9));
-        t.count(EngineKind::IoUring, &WORKLOADS[4], r(0.01, 9.9));
-        assert_eq!((t.cases, t.iops_met, t.p99_met), (2, 1, 1));
-        assert!(t.summary().contains("in 1/2 cases"), "{}", t.summary());
+        assert!(
+            l.ends_with(" added_p50_us=1.00 added_p99_us=4.00 p99_ratio=1.20 ratio=0.90"),
+            "{l}"
+        );
     }
 
     #[test]
@@ -450,7 +382,7 @@ mod tests {
             .collect();
         assert_eq!(ratios, [1.0, 0.1, 1.0]);
         let r = Ratios::paired(&ferrite, &fio);
-        assert_eq!((r.iops, r.p99), (1.0, 1.0));
+        assert_eq!((r.iops, r.p99, r.added_p99), (1.0, 1.0, 0.0));
         assert_eq!(medians(&ferrite).iops / medians(&fio).iops, 0.1);
     }
 
