@@ -331,10 +331,15 @@ fn io_uring_engine_opens_with_the_same_flags() {
         run.assert_pass();
         let ctx = format!("{mode}: {calls:#?}");
         assert!(calls.contains(&Call::UringEnter), "{ctx}");
-        assert!(
-            !calls.iter().any(|c| matches!(c, Call::Write { .. })),
-            "{ctx}"
-        );
+        // A durable write alone in its batch runs on the disk's thread
+        // (io_uring would hand it to a worker thread: two more wake-ups),
+        // through the same O_DSYNC descriptor; other writes go to the ring.
+        if mode != CacheMode::DirectSync {
+            assert!(
+                !calls.iter().any(|c| matches!(c, Call::Write { .. })),
+                "{ctx}"
+            );
+        }
         let direct_dsync = calls.iter().any(|c| {
             matches!(c, Call::Open { flags, .. }
                 if has_flag(flags, "O_DIRECT")
