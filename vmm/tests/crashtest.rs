@@ -62,6 +62,11 @@ fn kernel() -> Option<PathBuf> {
     Some(build("build-kernel.sh").join("vmlinux"))
 }
 
+/// States per workload: enough for the least state at every flush point
+/// of these logs (6-7 FLUSHes, and the end), so the one right after the
+/// commit's fsync, which catches the bug, is always among them.
+const STATES: usize = 10;
+
 /// Runs crashtest on `app` with `args`; returns its status and JSON report.
 fn crashtest(kernel: &Path, rootfs: &Path, work: &Path, variant: &str) -> (i32, serde_json::Value) {
     let json = work.join(format!("{variant}.json"));
@@ -79,7 +84,14 @@ fn crashtest(kernel: &Path, rootfs: &Path, work: &Path, variant: &str) -> (i32, 
         .args(["--memory", "256M", "--cmdline", HOST_KVM_ARGS])
         .args(["--workload", &format!("/app/run {variant}")])
         .args(["--check", "/app/check", "--cache", "writeback"])
-        .args(["--states", "6", "--seed", "1", "--fsck", "--json"])
+        .args([
+            "--states",
+            &STATES.to_string(),
+            "--seed",
+            "1",
+            "--fsck",
+            "--json",
+        ])
         .arg(&json)
         .stdin(Stdio::null())
         .status()
@@ -107,7 +119,7 @@ fn a_missing_fsync_is_caught_and_its_fix_passes_every_state() {
 
     let (status, report) = crashtest(&kernel, &rootfs, work.path(), "buggy");
     let rows = report["rows"].as_array().expect("rows");
-    assert_eq!(rows.len(), 6, "{report:#}");
+    assert_eq!(rows.len(), STATES, "{report:#}");
     assert!(
         rows.iter().all(|r| r["fsck"]["passed"] == true),
         "e2fsck failed on a state: {report:#}"
@@ -127,7 +139,7 @@ fn a_missing_fsync_is_caught_and_its_fix_passes_every_state() {
 
     let (status, report) = crashtest(&kernel, &rootfs, work.path(), "fixed");
     let rows = report["rows"].as_array().expect("rows");
-    assert_eq!(rows.len(), 6, "{report:#}");
+    assert_eq!(rows.len(), STATES, "{report:#}");
     assert!(
         rows.iter()
             .all(|r| r["status"] == 0 && r["fsck"]["passed"] == true),

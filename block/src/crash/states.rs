@@ -169,7 +169,8 @@ impl Rng {
 
 /// Up to `max` distinct crash states of `log`: first the least the disk
 /// may hold right after each completed FLUSH and at the end of the log
-/// (evenly spread if there are more than half of `max`), then random cuts
+/// (the persistence points, where a missing flush shows first; evenly
+/// spread if there are more than `max`), then random cuts
 /// with random subsets of their optional writes, reproducible from `seed`.
 pub fn generate(log: &WriteLog, max: usize, seed: u64) -> Result<Vec<CrashState>, LogError> {
     explore(log, max, seed, false)
@@ -211,8 +212,7 @@ fn explore(log: &WriteLog, max: usize, seed: u64, tear: bool) -> Result<Vec<Cras
         .map(|(i, _)| i + 1)
         .collect();
     points.push(log.events.len());
-    let room = (max / 2).max(1);
-    let step = points.len().div_ceil(room);
+    let step = points.len().div_ceil(max.max(1));
     for &at in points.iter().step_by(step.max(1)) {
         push(
             CrashState::from_choice(&analyse(log, at)?, |_| false),
