@@ -20,7 +20,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -246,13 +246,7 @@ struct Live {
 
 impl Live {
     fn spawn(args: &[String]) -> Live {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ferrite"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ferrite");
+        let mut child = probe_util::spawn_ferrite(args);
         let (stdout, stderr) = (Arc::default(), Arc::default());
         let mut readers = Vec::new();
         let pipes: [(Box<dyn Read + Send>, &Sink); 2] = [

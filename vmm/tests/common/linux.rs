@@ -7,7 +7,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -106,13 +106,7 @@ impl Running {
     /// Spawns `ferrite` with `args`, its console piped.
     pub fn spawn(args: &[String]) -> Running {
         let start = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ferrite"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ferrite");
+        let mut child = super::probe::spawn_ferrite(args);
         let stdout = child.stdout.take().unwrap();
         let mut stderr = child.stderr.take().unwrap();
         let (tx, lines) = mpsc::channel();

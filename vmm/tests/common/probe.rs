@@ -329,3 +329,14 @@ pub fn stream_seq(block: &[u8]) -> Option<u64> {
     let first = u64::from_le_bytes(block.get(..8)?.try_into().ok()?);
     (block.len() == 4096 && block.chunks(8).all(|c| c == first.to_le_bytes())).then_some(first)
 }
+
+/// Spawns `ferrite` with `args`, no stdin, stdout and stderr piped.
+pub fn spawn_ferrite(args: &[String]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_ferrite"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferrite")
+}
