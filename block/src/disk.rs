@@ -403,14 +403,17 @@ impl Disk {
         let mut i = 0;
         while i < self.held.len() {
             let slot = self.held[i];
+            // Blocked by a request running on the host, or by one held
+            // ahead of it in the queue (held requests keep their order).
+            // Two linear scans, not one nested: a guest that overlaps
+            // many writes must not make every completion cost held x slots.
             let blocked = match self.slots[slot].as_ref() {
-                Some(r) => self.slots.iter().enumerate().any(|(j, o)| {
-                    o.as_ref().is_some_and(|o| {
-                        j != slot
-                            && r.waits_for(o)
-                            && (!o.held || self.held.iter().take(i).any(|&h| h == j))
-                    })
-                }),
+                Some(r) => {
+                    let live = |j: usize| self.slots[j].as_ref().filter(|o| r.waits_for(o));
+                    self.held.range(..i).any(|&j| live(j).is_some())
+                        || (0..self.slots.len())
+                            .any(|j| j != slot && live(j).is_some_and(|o| !o.held))
+                }
                 None => false,
             };
             if blocked {
