@@ -111,8 +111,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "US", default_value_t = devices::virtio::block::DEFAULT_POLL_MAX.as_micros() as u64)]
     pub poll_us: u64,
     /// Spin without offering the CPU to other tasks (device window and
-    /// the driver's halt polling), as before they yielded (--io-path; to
-    /// measure what yielding does on a contended host).
+    /// the driver's halt polling): no yields, and spinning even while
+    /// other tasks wait for a CPU (--io-path; to measure what giving way
+    /// does on a contended host).
     #[arg(long)]
     pub poll_keep: bool,
     /// Scratch image for the probe guest [default: a temporary file in the

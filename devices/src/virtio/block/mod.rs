@@ -31,6 +31,7 @@ mod handle;
 mod io_thread;
 pub mod metrics;
 pub mod poll;
+pub mod pressure;
 pub mod request;
 mod stall;
 

@@ -14,9 +14,13 @@
 //! driver that submits within microseconds of each completion is served
 //! at the speed of wake-ups. A fixed window costs at most one window of
 //! CPU per idle period, and gives way to any other task that wants the
-//! CPU meanwhile ([`Spin`]).
+//! CPU meanwhile ([`Spin`]): it does not open at all while tasks on the
+//! host wait for a CPU ([`super::pressure`]), since a thread that sleeps
+//! is woken by a completion and a thread that yielded is not.
 
 use std::time::{Duration, Instant};
+
+use super::pressure::cpu_contended;
 
 /// The default window (QEMU's default `poll-max-ns`, rounded).
 pub const DEFAULT_POLL_MAX: Duration = Duration::from_micros(32);
@@ -27,7 +31,8 @@ pub const DEFAULT_POLL_MAX: Duration = Duration::from_micros(32);
 pub struct PollWindow {
     /// The longest window; zero never spins.
     pub max: Duration,
-    /// Offer the CPU every [`YIELD_EVERY`] while spinning ([`Spin`]).
+    /// Give way to other tasks: offer the CPU every [`YIELD_EVERY`] while
+    /// spinning, and do not spin while the host is contended ([`Spin`]).
     pub yields: bool,
 }
 
@@ -59,9 +64,15 @@ pub struct Spin {
 
 impl Spin {
     /// A window of `window` from now; `yields`: offer the CPU every
-    /// [`YIELD_EVERY`].
+    /// [`YIELD_EVERY`], and open no window while the host's CPUs are
+    /// contended ([`cpu_contended`]).
     pub fn new(window: Duration, yields: bool) -> Spin {
         let now = Instant::now();
+        let window = if yields && cpu_contended() {
+            Duration::ZERO
+        } else {
+            window
+        };
         Spin {
             deadline: now + window,
             last_yield: now,
