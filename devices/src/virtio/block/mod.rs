@@ -25,13 +25,13 @@
 //! let report = handle.shutdown(); // serde::Serialize, see `metrics`
 //! ```
 
+pub mod contention;
 pub mod device;
 mod error;
 mod handle;
 mod io_thread;
 pub mod metrics;
 pub mod poll;
-pub mod pressure;
 pub mod request;
 mod stall;
 

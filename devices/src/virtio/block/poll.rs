@@ -15,12 +15,12 @@
 //! at the speed of wake-ups. A fixed window costs at most one window of
 //! CPU per idle period, and gives way to any other task that wants the
 //! CPU meanwhile ([`Spin`]): it does not open at all while tasks on the
-//! host wait for a CPU ([`super::pressure`]), since a thread that sleeps
+//! host wait for a CPU ([`super::contention`]), since a thread that sleeps
 //! is woken by a completion and a thread that yielded is not.
 
 use std::time::{Duration, Instant};
 
-use super::pressure::cpu_contended;
+use super::contention::cpu_contended;
 
 /// The default window (QEMU's default `poll-max-ns`, rounded).
 pub const DEFAULT_POLL_MAX: Duration = Duration::from_micros(32);

@@ -12,6 +12,7 @@
 pub mod driver;
 mod ferrite;
 pub mod fio;
+pub mod floor;
 mod summary;
 pub mod target;
 
@@ -278,6 +279,15 @@ pub fn run(cfg: &IoPathConfig, out: &mut dyn Write) -> Result<Vec<String>, Bench
             cfg.poll_yields,
         ),
     );
+    // What no ring implementation can go below here (see floor.rs).
+    if let Some((p50, p99)) = floor::ring_round_trip(200_000, Duration::from_millis(300)) {
+        wr(
+            out,
+            &format!(
+                "# floor: a split-ring round trip between two threads, no I/O, no device code: p50={p50:.2}us p99={p99:.2}us (the part of added_p50_us at QD1 that belongs to the ring and the host's CPUs)"
+            ),
+        );
+    }
     let mut lines = Vec::new();
     let mut summary = Summary::default();
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
