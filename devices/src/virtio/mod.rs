@@ -11,6 +11,7 @@ pub mod block;
 pub mod mmio;
 pub mod mmio_driver;
 pub mod queue_config;
+pub mod ring_index;
 pub mod split_ring;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;

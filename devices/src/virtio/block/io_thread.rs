@@ -36,6 +36,7 @@ use super::request::{
     DiskLimits, Finished, InFlight, ParseError, Request, RequestError, Submitted, ID_BYTES,
 };
 use super::stall::Stall;
+use crate::virtio::ring_index::RingIndex;
 use crate::virtio::VirtioInterrupt;
 
 const NOTIFY: u64 = 0;
@@ -269,6 +270,8 @@ struct Active {
     broken: bool,
     /// Used entries were added since the last interrupt decision.
     added: bool,
+    /// The avail index, read directly while polling (see `RingIndex`).
+    avail_idx: Option<RingIndex>,
 }
 
 struct IoThread {
@@ -422,12 +425,18 @@ impl IoThread {
         let Some(act) = self.active.as_ref().filter(|a| !a.broken) else {
             return false;
         };
-        !self.free.is_empty()
-            && act
-                .queue
-                .avail_idx(&act.mem, Ordering::Acquire)
-                // A ring that cannot be read is for `fill` to report.
-                .map_or(true, |idx| idx != Wrapping(act.queue.next_avail()))
+        if self.free.is_empty() {
+            return false;
+        }
+        let next = Wrapping(act.queue.next_avail());
+        match &act.avail_idx {
+            Some(idx) => Wrapping(idx.load()) != next,
+            // A ring that cannot be read is for `fill` to report.
+            None => !matches!(
+                act.queue.avail_idx(&act.mem, Ordering::Acquire),
+                Ok(idx) if idx == next
+            ),
+        }
     }
 
     /// Before sleeping: re-enables driver notifications. True if chains
@@ -517,12 +526,18 @@ impl IoThread {
             self.disk.set_write_cache(false)?;
         }
         self.features = features;
+        // The idx field follows the 2-byte flags.
+        let avail_idx = queue
+            .avail_ring()
+            .checked_add(2)
+            .and_then(|at| RingIndex::new(&mem, vm_memory::GuestAddress(at)));
         self.active = Some(Active {
             mem,
             queue,
             interrupt,
             broken: false,
             added: false,
+            avail_idx,
         });
         Ok(self.disk.write_cache())
     }

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use devices::virtio::block::poll::Spin;
 use devices::virtio::block::BlockDevice;
 use devices::virtio::mmio::MmioTransport;
+use devices::virtio::ring_index::RingIndex;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_SEG_MAX,
 };
@@ -95,6 +96,8 @@ pub struct Driver {
     slots: usize,
     slot_bytes: u64,
     ring: SplitRing,
+    /// The used index, read directly as a guest reads its own ring.
+    used_idx: Option<RingIndex>,
     meta: u64,
     avail_idx: u16,
     /// `avail_idx` at the last notification decision.
@@ -168,6 +171,7 @@ impl Driver {
             return Err(BenchError::Device("too many slots".into()));
         }
         mmio_driver::set_queue(&mut t, 0, qsize, ring.addrs());
+        let used_idx = RingIndex::new(&mem, GuestAddress(ring.addrs().used + 2));
         let mut d = Driver {
             transport: t,
             mem,
@@ -176,6 +180,7 @@ impl Driver {
             wait,
             slots,
             slot_bytes: slot_bytes.next_multiple_of(4096),
+            used_idx,
             ring,
             meta,
             avail_idx: 0,
@@ -310,6 +315,9 @@ impl Driver {
     }
 
     fn used_idx(&self) -> Result<u16, BenchError> {
+        if let Some(idx) = &self.used_idx {
+            return Ok(idx.load());
+        }
         self.ring.used_idx(&self.mem).ok_or_else(Self::ring_err)
     }
 

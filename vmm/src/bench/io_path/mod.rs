@@ -281,10 +281,15 @@ pub fn run(cfg: &IoPathConfig, out: &mut dyn Write) -> Result<Vec<String>, Bench
     );
     // What no ring implementation can go below here (see floor.rs).
     if let Some((p50, p99)) = floor::ring_round_trip(200_000, Duration::from_millis(300)) {
+        let busy = if devices::virtio::block::contention::cpu_contended() {
+            "; the host is busy (more runnable tasks than CPUs), so this and every figure below include waiting for a CPU"
+        } else {
+            ""
+        };
         wr(
             out,
             &format!(
-                "# floor: a split-ring round trip between two threads, no I/O, no device code: p50={p50:.2}us p99={p99:.2}us (the part of added_p50_us at QD1 that belongs to the ring and the host's CPUs)"
+                "# floor: a split-ring round trip between two threads, no I/O, no device code: p50={p50:.2}us p99={p99:.2}us (the part of added_p50_us at QD1 that belongs to the ring and the host's CPUs{busy})"
             ),
         );
     }
