@@ -34,6 +34,15 @@ const LOADAVG: &str = "/proc/loadavg";
 static CONTENDED: AtomicBool = AtomicBool::new(false);
 static SAMPLER: Mutex<Option<Sampler>> = Mutex::new(None);
 
+/// Opens `/proc/loadavg` and counts the CPUs, once per process. Call it
+/// before the thread that spins is confined: its seccomp filter and
+/// Landlock rules refuse both the open and the CPU count afterwards
+/// (reading the open file stays allowed).
+pub fn prepare() {
+    let mut sampler = SAMPLER.lock().unwrap_or_else(|p| p.into_inner());
+    sampler.get_or_insert_with(|| Sampler::open(LOADAVG, online_cpus()));
+}
+
 /// Whether, at the last sample, more tasks were runnable than the host
 /// has online CPUs. False where the count cannot be read (spinning then
 /// goes on as it would without this check).

@@ -181,6 +181,9 @@ impl BlockDevice {
 
     /// As [`BlockDevice::new`], with every option.
     pub fn with_options(disk: Disk, opts: BlockOptions) -> Result<Self, BlockDeviceError> {
+        // Here, while the process may still open files: the I/O thread's
+        // filters would refuse it (see contention::prepare).
+        super::contention::prepare();
         let features = features_for(&disk);
         let config = config_for(&disk);
         let limits = DiskLimits {
