@@ -83,21 +83,20 @@ impl UringEngine {
         })
     }
 
-    /// Whether the ring cannot complete `op` without blocking: a durable
-    /// write (RWF_DSYNC or an O_DSYNC descriptor) or an fdatasync, which
-    /// io_uring hands to an io-wq worker thread. That costs two thread
-    /// switches per operation on top of the host call; alone in flight,
-    /// the operation is better made directly by the disk's thread, which
-    /// would only wait for it anyway. Measured with `ferrite bench
-    /// --io-path`, 4 KiB random writes at QD1 in `directsync`: see
-    /// docs/io-engines.md. The call is the same system call with the same
-    /// flags, so what is durable at completion does not change.
-    fn blocks_on_ring(&self, op: &HostOp) -> bool {
-        match op {
-            HostOp::Writev { dsync, .. } => *dsync || self.data.dsync,
-            HostOp::Fdatasync => true,
-            HostOp::Readv { .. } | HostOp::Fallocate { .. } => false,
-        }
+    /// Whether `op`, pushed while nothing else is in flight, waits to
+    /// see if it stays alone (then [`Engine::kick`] makes the call on the
+    /// disk's thread): every operation the ring carries. Alone, the ring
+    /// can at best make the same system call inline in `io_uring_enter`
+    /// (a cached buffered read, an O_DIRECT read or write on a block
+    /// device), and often hands it to an io-wq worker thread instead, two
+    /// thread switches on top of the call: a durable write (RWF_DSYNC, an
+    /// O_DSYNC descriptor), an fdatasync, a fallocate, a buffered read of
+    /// uncached data, any read on tmpfs. The thread would only wait for
+    /// it anyway. The call is the same system call with the same flags, so
+    /// what is durable at completion does not change. Measured with
+    /// `ferrite bench --io-path`: see docs/io-engines.md.
+    fn held_when_alone(&self, op: &HostOp) -> bool {
+        !self.runs_inline(op)
     }
 
     /// Puts `entry` on the submission ring (handing a full ring to the
@@ -179,7 +178,7 @@ impl Engine for UringEngine {
             // valid and untouched by anyone else during the call.
             return Ok(Pushed::Done(unsafe { run_now(self.data.fd, op) }));
         }
-        if self.in_ring == 0 && self.held.is_none() && self.blocks_on_ring(&op) {
+        if self.in_ring == 0 && self.held.is_none() && self.held_when_alone(&op) {
             self.held = Some((op, tag));
             return Ok(Pushed::Queued);
         }
@@ -253,7 +252,7 @@ mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
 
-    /// A write that only `runs_inline` and `blocks_on_ring` look at.
+    /// A write that only `runs_inline` and `held_when_alone` look at.
     fn null_write(dsync: bool) -> HostOp {
         HostOp::Writev {
             iov: std::ptr::null(),
@@ -353,7 +352,7 @@ mod tests {
     }
 
     #[test]
-    fn only_operations_the_ring_would_punt_are_held() {
+    fn every_lone_operation_but_a_page_cache_write_is_held() {
         let Ok(efd) = EventFd::new(libc::EFD_NONBLOCK) else {
             return;
         };
@@ -364,15 +363,58 @@ mod tests {
             count: 0,
             offset: 0,
         };
-        for fd_dsync in [false, true] {
-            let Some(e) = engine(&f, &efd, fd_dsync) else {
+        let discard = HostOp::Fallocate {
+            offset: 0,
+            len: 512,
+            mode: 0,
+        };
+        for page_cache in [false, true] {
+            let data = DataFd {
+                fd: f.as_raw_fd(),
+                page_cache,
+                dsync: false,
+            };
+            let Ok(e) = UringEngine::new(data, &efd, 8) else {
                 eprintln!("SKIP: no io_uring here");
                 return;
             };
-            assert_eq!(e.blocks_on_ring(&write(false)), fd_dsync);
-            assert!(e.blocks_on_ring(&write(true)));
-            assert!(e.blocks_on_ring(&HostOp::Fdatasync));
-            assert!(!e.blocks_on_ring(&read));
+            assert_eq!(e.held_when_alone(&write(false)), !page_cache);
+            assert!(e.held_when_alone(&write(true)));
+            assert!(e.held_when_alone(&HostOp::Fdatasync));
+            assert!(e.held_when_alone(&read));
+            assert!(e.held_when_alone(&discard));
         }
+    }
+
+    #[test]
+    fn a_lone_read_runs_at_kick() {
+        let Ok(efd) = EventFd::new(libc::EFD_NONBLOCK) else {
+            return;
+        };
+        let f = tempfile::tempfile().expect("temp");
+        use std::os::unix::fs::FileExt;
+        f.write_all_at(&[9u8; 512], 512).expect("write");
+        let Some(mut e) = engine(&f, &efd, false) else {
+            eprintln!("SKIP: no io_uring here");
+            return;
+        };
+        let mut buf = [0u8; 512];
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let read = HostOp::Readv {
+            iov: &iov,
+            count: 1,
+            offset: 512,
+        };
+        // SAFETY: `iov` and `buf` outlive the reap below.
+        assert_eq!(unsafe { e.push(read, 3) }.ok(), Some(Pushed::Queued));
+        assert_eq!(e.in_ring, 0, "held, not on the ring");
+        e.kick().expect("kick");
+        let mut out = Vec::new();
+        e.reap(&mut out);
+        assert_eq!(out, [RawCompletion { tag: 3, res: 512 }]);
+        assert!(buf.iter().all(|&b| b == 9));
     }
 }
