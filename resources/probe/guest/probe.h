@@ -68,7 +68,9 @@ void parse_cmdline(const char *cmdline, struct config *cfg);
 const char *next_item(const char *list, char *buf, unsigned long cap);
 
 /* ---- virtio.c: the virtio-mmio transport and the split virtqueue ---- */
-#define QMAX 64                 /* queue size we ask for at most */
+/* ferrite's queue maximum (and QEMU's): 32 request slots, so a scenario can
+ * keep 32 requests in flight per disk. */
+#define QMAX 256                /* queue size we ask for at most */
 #define DPS 8                   /* descriptors owned by each request slot */
 #define NSLOTS (QMAX / DPS)
 
