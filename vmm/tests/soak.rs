@@ -131,6 +131,11 @@ fn soak(plan: &Plan, dir: &Path) -> Outcome {
             if plan.verbose && line.starts_with("PROBE soak") {
                 eprintln!("[{:6.1} s] {line}", at.duration_since(start).as_secs_f64());
             }
+            // Sample from the soak's start on, so that one falls at the
+            // start of the RSS window (minute 1), not just after it.
+            if line.starts_with("PROBE soak_start") {
+                next_sample = at;
+            }
             lines.push((at, line));
         }
         if child.try_wait().unwrap().is_some() {
