@@ -64,11 +64,13 @@ struct Sample {
     rss_kib: u64,
 }
 
-/// What a soak left: the run, the samples and when the random mix ended.
+/// What a soak left: the run, the RSS samples, how long its I/O took.
 struct Outcome {
     run: Run,
+    /// From `soak_start` to the first disk's final line.
     samples: Vec<Sample>,
-    /// From `soak_start` to the first disk's final line: the I/O phase.
+    /// From `soak_start` to the first disk's final line: fill, mix and the
+    /// final read-back.
     io_time: Option<Duration>,
     stats: serde_json::Value,
     images: Vec<PathBuf>,
@@ -382,8 +384,8 @@ fn check(plan: &Plan, o: &Outcome) -> Vec<DiskFigures> {
         figures.push(f);
     }
     // The guest's clock is calibrated against the PIT: the I/O phase lasts
-    // the seconds asked for in wall time too (a bad calibration would make
-    // "10 minutes" something else).
+    // at least the seconds asked for in wall time too (a calibration far
+    // off could make "10 minutes" one).
     let io = o.io_time.expect("soak_start and a final line");
     assert!(
         io.as_secs_f64() >= plan.seconds as f64 * 0.9,
