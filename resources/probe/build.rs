@@ -21,6 +21,7 @@ const SOURCES: &[&str] = &[
     "scenarios.c",
     "stream.c",
     "bounce.c",
+    "soak.c",
 ];
 const OTHER_INPUTS: &[&str] = &["probe.h", "link.ld"];
 

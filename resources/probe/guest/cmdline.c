@@ -6,6 +6,8 @@
  *   probe.disk=N               run the scenarios on disk N only
  *   probe.nofeatures=a,b       feature names the driver refuses
  *   stream.count=N stream.depth=D stream.flush_every=K stream.keep_going=0|1
+ *   soak.depth=D soak.seed=S soak.count=N soak.seconds=T soak.blocks=B
+ *   soak.progress=P
  *   virtio_mmio.device=SIZE@ADDR:IRQ[:ID]   one per disk, in order
  */
 #include "probe.h"
@@ -118,6 +120,18 @@ static void parse_word(const char *w, unsigned long len, struct config *cfg)
 		parse_u64(v, &cfg->stream_flush_every, cfg);
 	} else if ((v = param(w, len, "stream.keep_going"))) {
 		parse_u64(v, &cfg->stream_keep_going, cfg);
+	} else if ((v = param(w, len, "soak.depth"))) {
+		parse_u64(v, &cfg->soak_depth, cfg);
+	} else if ((v = param(w, len, "soak.seed"))) {
+		parse_u64(v, &cfg->soak_seed, cfg);
+	} else if ((v = param(w, len, "soak.count"))) {
+		parse_u64(v, &cfg->soak_count, cfg);
+	} else if ((v = param(w, len, "soak.seconds"))) {
+		parse_u64(v, &cfg->soak_seconds, cfg);
+	} else if ((v = param(w, len, "soak.blocks"))) {
+		parse_u64(v, &cfg->soak_blocks, cfg);
+	} else if ((v = param(w, len, "soak.progress"))) {
+		parse_u64(v, &cfg->soak_progress, cfg);
 	} else if ((v = param(w, len, "virtio_mmio.device"))) {
 		parse_mmio(v, cfg);
 	}
@@ -128,6 +142,10 @@ void parse_cmdline(const char *cmdline, struct config *cfg)
 	memcpy(cfg->scenarios, "info", 5);
 	cfg->disk = -1;
 	cfg->stream_depth = 1;
+	cfg->soak_depth = 32;
+	cfg->soak_seed = 1;
+	cfg->soak_blocks = 4096;
+	cfg->soak_progress = 10;
 	if (!cmdline)
 		return;
 	const char *p = cmdline;

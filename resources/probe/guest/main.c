@@ -129,11 +129,20 @@ void probe_main(u64 start_info)
 		verdict();
 
 	init_disks();
+	struct disk *chosen[MAX_DISKS];
+	int nchosen = 0;
+	for (int i = 0; i < cfg.ndisks; i++)
+		if (disk_ok[i] && (cfg.disk < 0 || cfg.disk == i))
+			chosen[nchosen++] = &disks[i];
 	for (const char *p = cfg.scenarios; *p;) {
 		p = next_item(p, name, sizeof(name));
-		for (int i = 0; i < cfg.ndisks; i++)
-			if (disk_ok[i] && (cfg.disk < 0 || cfg.disk == i))
-				run_scenario(name, &disks[i], &cfg);
+		/* The soak drives its disks at once, not one after another. */
+		if (strlen(name) == 4 && streq_n(name, "soak", 4)) {
+			soak(chosen, nchosen, &cfg);
+			continue;
+		}
+		for (int i = 0; i < nchosen; i++)
+			run_scenario(name, chosen[i], &cfg);
 	}
 	verdict();
 }

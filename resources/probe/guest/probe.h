@@ -59,6 +59,12 @@ struct config {
 	u64 stream_depth;
 	u64 stream_flush_every;
 	u64 stream_keep_going;   /* report failed requests and go on */
+	u64 soak_depth;         /* soak: requests in flight per disk */
+	u64 soak_seed;
+	u64 soak_count;         /* soak: random-mix requests per disk (0: no limit) */
+	u64 soak_seconds;       /* soak: TSC seconds from its start (0: no limit) */
+	u64 soak_blocks;        /* soak: 4 KiB blocks per disk under test */
+	u64 soak_progress;      /* soak: seconds between progress lines (0: none) */
 	int ndisks;
 	struct mmio_entry mmio[MAX_DISKS];
 	const char *error;      /* first parse error, or NULL */
@@ -68,7 +74,9 @@ void parse_cmdline(const char *cmdline, struct config *cfg);
 const char *next_item(const char *list, char *buf, unsigned long cap);
 
 /* ---- virtio.c: the virtio-mmio transport and the split virtqueue ---- */
-#define QMAX 64                 /* queue size we ask for at most */
+/* ferrite's queue maximum (and QEMU's): 32 request slots, so a scenario can
+ * keep 32 requests in flight per disk. */
+#define QMAX 256                /* queue size we ask for at most */
 #define DPS 8                   /* descriptors owned by each request slot */
 #define NSLOTS (QMAX / DPS)
 
@@ -179,6 +187,7 @@ void submit_req(struct disk *d, int s, u32 type, u64 sector, const struct seg *s
 #define POLL_TIMEOUT (-1)
 #define POLL_NEEDS_RESET (-2)
 #define POLL_BAD_ID (-3)
+#define POLL_NONE (-4)
 u32 device_status(struct disk *d);
 /* Waits for the next used entry; returns its slot or POLL_*. */
 int poll_used(struct disk *d, u64 timeout_cycles);
@@ -186,6 +195,11 @@ int poll_used(struct disk *d, u64 timeout_cycles);
 void publish(struct disk *d, u16 head);
 /* Waits for the next used entry and stores its id; 0 or POLL_*. */
 int next_used(struct disk *d, u64 timeout_cycles, u32 *id);
+/* Takes the next used entry if there is one, without waiting: its slot,
+ * POLL_NONE, or POLL_BAD_ID. Leaves the interrupt status to the caller. */
+int try_used(struct disk *d);
+/* Acknowledges whatever the interrupt status shows. */
+void ack_interrupt(struct disk *d);
 /* Submits on slot 0, waits; returns the status byte or POLL_*. */
 int do_req(struct disk *d, u32 type, u64 sector, const struct seg *segs, int n);
 int free_slot(struct disk *d);
@@ -204,6 +218,10 @@ int scenario_known(const char *name);
 int run_scenario(const char *name, struct disk *d, struct config *cfg);
 int stream(struct disk *d, struct config *cfg);
 int scen_bounce(struct disk *d);
+
+/* ---- soak.c ---- */
+/* Drives the n disks at once; returns 0 when every one passed. */
+int soak(struct disk *const *disks, int n, struct config *cfg);
 
 #define SECTOR 512
 #define BUF_SIZE 4096

@@ -442,6 +442,8 @@ int scenario_known(const char *name)
 {
 	if (strlen(name) == 6 && streq_n(name, "stream", 6))
 		return 1;
+	if (strlen(name) == 4 && streq_n(name, "soak", 4))
+		return 1;
 	for (unsigned long i = 0; i < sizeof(table) / sizeof(table[0]); i++)
 		if (strlen(name) == strlen(table[i].name) &&
 		    streq_n(name, table[i].name, strlen(name)))

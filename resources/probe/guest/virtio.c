@@ -228,17 +228,35 @@ void submit_req(struct disk *d, int s, u32 type, u64 sector, const struct seg *s
 	submit_raw(d, s, v, n + 2);
 }
 
+/* Consumes the used entry at last_used (the caller saw idx move past it). */
+static u32 take_used(struct disk *d)
+{
+	cbarrier(); /* x86 does not reorder loads; read the entry after idx */
+	u32 id = *(volatile u32 *)(d->used + 4 + 8 * (d->last_used % d->qsize));
+	d->last_used++;
+	if (has(d, VIRTIO_RING_F_EVENT_IDX))
+		*used_event(d) = d->last_used;
+	return id;
+}
+
+/* The slot a used id names, now free again; POLL_BAD_ID when the id is not
+ * the head of a request of ours that is in flight. */
+static int claim_slot(struct disk *d, u32 id)
+{
+	u32 s = id / DPS;
+	if (id % DPS || s >= d->nslots || !d->slots[s].busy)
+		return POLL_BAD_ID;
+	d->slots[s].busy = 0;
+	return (int)s;
+}
+
 int poll_used(struct disk *d, u64 timeout_cycles)
 {
 	u32 id;
 	int r = next_used(d, timeout_cycles, &id);
 	if (r < 0)
 		return r;
-	u32 s = id / DPS;
-	if (id % DPS || s >= d->nslots || !d->slots[s].busy)
-		return POLL_BAD_ID;
-	d->slots[s].busy = 0;
-	return (int)s;
+	return claim_slot(d, id);
 }
 
 int next_used(struct disk *d, u64 timeout_cycles, u32 *id_out)
@@ -252,16 +270,23 @@ int next_used(struct disk *d, u64 timeout_cycles, u32 *id_out)
 				return POLL_TIMEOUT;
 		}
 	}
-	cbarrier(); /* x86 does not reorder loads; read the entry after idx */
-	u32 id = *(volatile u32 *)(d->used + 4 + 8 * (d->last_used % d->qsize));
-	d->last_used++;
-	if (has(d, VIRTIO_RING_F_EVENT_IDX))
-		*used_event(d) = d->last_used;
+	*id_out = take_used(d);
+	ack_interrupt(d);
+	return 0;
+}
+
+int try_used(struct disk *d)
+{
+	if (*used_idx(d) == d->last_used)
+		return POLL_NONE;
+	return claim_slot(d, take_used(d));
+}
+
+void ack_interrupt(struct disk *d)
+{
 	u32 isr = mmio_r32(d, REG_INTERRUPT_STATUS);
 	if (isr)
 		mmio_w32(d, REG_INTERRUPT_ACK, isr);
-	*id_out = id;
-	return 0;
 }
 
 int do_req(struct disk *d, u32 type, u64 sector, const struct seg *segs, int n)

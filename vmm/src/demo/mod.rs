@@ -34,8 +34,9 @@ use table::{HostCounts, Row};
 pub const DEFAULT_PROBE: &str = "info,rw,flush,wce";
 
 /// The probe's scenario names (resources/probe/README.md).
-const SCENARIOS: [&str; 10] = [
+const SCENARIOS: [&str; 11] = [
     "info", "rw", "flush", "wce", "getid", "discard", "zeroes", "readonly", "badchain", "stream",
+    "soak",
 ];
 
 /// `ferrite demo --help`'s long text.
@@ -48,6 +49,7 @@ per cache mode, in a temporary directory that supports O_DIRECT, removed at the 
 Examples:
   ferrite demo
   ferrite demo --drive file=disk.img,cache=directsync --probe 'stream stream.count=0 stream.depth=8' --verbose
+  ferrite demo --probe 'soak soak.seconds=60' --verbose
 
 Exit status: 0 when the probe passes; 1 otherwise, with one line saying why.";
 
@@ -64,7 +66,7 @@ pub struct DemoArgs {
     pub drives: Vec<DriveConfig>,
     /// Scenarios (comma-separated) and their parameters, e.g.
     /// 'stream stream.count=0 stream.depth=8'. Scenarios: info, rw, flush,
-    /// wce, getid, discard, zeroes, readonly, badchain, stream.
+    /// wce, getid, discard, zeroes, readonly, badchain, stream, soak.
     #[arg(long, value_name = "'SCENARIOS [KEY=VALUE]...'",
           default_value = DEFAULT_PROBE, value_parser = parse_probe)]
     pub probe: ProbeSpec,
