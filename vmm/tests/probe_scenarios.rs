@@ -34,15 +34,7 @@ fn every_scenario_in_every_cache_mode() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let kernel = probe_kernel(dir.path());
     let stats_path = dir.path().join("stats.json");
-    let images: Vec<_> = MODES
-        .iter()
-        .map(|m| image(dir.path(), &format!("{m}.img"), IMAGE_SIZE))
-        .collect();
-    let drives: Vec<String> = MODES
-        .iter()
-        .zip(&images)
-        .map(|(m, p)| drive(p, &format!("cache={m},serial=sn-{m}")))
-        .collect();
+    let (images, drives) = drive_per_mode(dir.path(), IMAGE_SIZE, |m| format!("serial=sn-{m}"));
     let run = run_probe(
         &kernel,
         ALL_WRITABLE,
@@ -127,15 +119,7 @@ fn malformed_chains_need_a_reset_in_every_cache_mode() {
     }
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let kernel = probe_kernel(dir.path());
-    let images: Vec<_> = MODES
-        .iter()
-        .map(|m| image(dir.path(), &format!("{m}.img"), IMAGE_SIZE))
-        .collect();
-    let drives: Vec<String> = MODES
-        .iter()
-        .zip(&images)
-        .map(|(m, p)| drive(p, &format!("cache={m}")))
-        .collect();
+    let (images, drives) = drive_per_mode(dir.path(), IMAGE_SIZE, |_| String::new());
     let run = run_probe(&kernel, "probe=badchain", &drives, &[]);
     run.assert_pass();
     for (i, img) in images.iter().enumerate() {

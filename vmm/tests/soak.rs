@@ -88,15 +88,7 @@ fn vm_rss_kib(pid: u32) -> Option<u64> {
 /// Boots the probe's soak on one image per cache mode, sampling VmRSS.
 fn soak(plan: &Plan, dir: &Path) -> Outcome {
     let kernel = probe_kernel(dir);
-    let images: Vec<PathBuf> = MODES
-        .iter()
-        .map(|m| image(dir, &format!("{m}.img"), plan.blocks * BLOCK + TAIL))
-        .collect();
-    let drives: Vec<String> = MODES
-        .iter()
-        .zip(&images)
-        .map(|(m, p)| drive(p, &format!("cache={m}")))
-        .collect();
+    let (images, drives) = drive_per_mode(dir, plan.blocks * BLOCK + TAIL, |_| String::new());
     let stats_path = dir.join("stats.json");
     let args = probe_args(
         &kernel,

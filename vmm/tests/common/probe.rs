@@ -79,6 +79,29 @@ pub fn image(dir: &Path, name: &str, size: u64) -> PathBuf {
     path
 }
 
+/// One image of `size` bytes per cache mode (`<mode>.img` in `dir`) and
+/// its `--drive` text: `cache=<mode>` plus what `extra` adds for the mode.
+pub fn drive_per_mode(
+    dir: &Path,
+    size: u64,
+    extra: impl Fn(CacheMode) -> String,
+) -> (Vec<PathBuf>, Vec<String>) {
+    MODES
+        .iter()
+        .map(|&m| {
+            let img = image(dir, &format!("{m}.img"), size);
+            let more = extra(m);
+            let opts = if more.is_empty() {
+                format!("cache={m}")
+            } else {
+                format!("cache={m},{more}")
+            };
+            let d = drive(&img, &opts);
+            (img, d)
+        })
+        .unzip()
+}
+
 /// `--drive` text for `path` with the given extra options.
 pub fn drive(path: &Path, opts: &str) -> String {
     let mut s = format!("file={}", path.display());
