@@ -65,6 +65,9 @@ pub struct Disk {
     wce: bool,
     /// The data descriptor has O_DSYNC.
     fd_dsync: bool,
+    /// The image's file system makes io_uring use a worker for every
+    /// operation (`engine::ring_needs_worker`), found at open.
+    worker_only: bool,
     /// A failed fdatasync on a buffered image: flushes fail from now on.
     sync_failed: bool,
     /// Completed modifying operations (writes, discards, write-zeroes).

@@ -66,7 +66,9 @@ impl Disk {
             fd: file.as_raw_fd(),
             page_cache: page_cache(cfg.cache, fd_dsync),
             dsync: fd_dsync,
+            worker_only: engine::ring_needs_worker(file.as_raw_fd()),
         };
+        let worker_only = data.worker_only;
         let engine = engine::create(cfg.engine, data, &eventfd, QUEUE_DEPTH)?;
         Ok(Disk {
             path,
@@ -76,6 +78,7 @@ impl Disk {
             supports_discard,
             wce,
             fd_dsync,
+            worker_only,
             sync_failed: false,
             write_gen: 0,
             synced_gen: 0,
@@ -228,6 +231,9 @@ impl Disk {
                     fd: file.as_raw_fd(),
                     page_cache: page_cache(self.cache, want_dsync),
                     dsync: want_dsync,
+                    // The same file: its file system did not change (and
+                    // the I/O thread may not call fstatfs).
+                    worker_only: self.worker_only,
                 })
                 .map_err(BlockError::Io)?;
             self.file = file;

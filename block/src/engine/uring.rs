@@ -124,7 +124,10 @@ impl UringEngine {
     /// `ferrite bench --io-path`, 4 KiB random writes in `writeback`: 3-4x
     /// the IOPS at queue depth 1 done on the disk's thread instead.
     fn runs_inline(&self, op: &HostOp) -> bool {
-        self.data.page_cache && matches!(op, HostOp::Writev { dsync: false, .. })
+        // On tmpfs every operation would be handed to a worker: the copy
+        // costs less than the two thread switches (see DataFd::worker_only).
+        self.data.worker_only
+            || (self.data.page_cache && matches!(op, HostOp::Writev { dsync: false, .. }))
     }
 
     fn entry(op: HostOp) -> squeue::Entry {
@@ -274,6 +277,7 @@ mod tests {
                 fd: f.as_raw_fd(),
                 page_cache,
                 dsync: false,
+                worker_only: false,
             };
             let Ok(e) = UringEngine::new(data, &efd, 4) else {
                 eprintln!("SKIP: no io_uring here");
@@ -290,6 +294,7 @@ mod tests {
             fd: f.as_raw_fd(),
             page_cache: false,
             dsync,
+            worker_only: false,
         };
         UringEngine::new(data, efd, 8).ok()
     }
@@ -373,6 +378,7 @@ mod tests {
                 fd: f.as_raw_fd(),
                 page_cache,
                 dsync: false,
+                worker_only: false,
             };
             let Ok(e) = UringEngine::new(data, &efd, 8) else {
                 eprintln!("SKIP: no io_uring here");
@@ -383,6 +389,42 @@ mod tests {
             assert!(e.held_when_alone(&HostOp::Fdatasync));
             assert!(e.held_when_alone(&read));
             assert!(e.held_when_alone(&discard));
+        }
+    }
+
+    #[test]
+    fn on_tmpfs_every_operation_runs_on_the_disks_thread() {
+        let Ok(efd) = EventFd::new(libc::EFD_NONBLOCK) else {
+            return;
+        };
+        let shm = std::path::Path::new("/dev/shm");
+        let Ok(f) = tempfile::tempfile_in(shm) else {
+            eprintln!("SKIP: no /dev/shm here");
+            return;
+        };
+        assert!(
+            crate::engine::ring_needs_worker(f.as_raw_fd()),
+            "/dev/shm is a tmpfs"
+        );
+        let disk_file = tempfile::tempfile_in(env!("CARGO_MANIFEST_DIR")).expect("temp");
+        assert!(!crate::engine::ring_needs_worker(disk_file.as_raw_fd()));
+        let data = DataFd {
+            fd: f.as_raw_fd(),
+            page_cache: false,
+            dsync: true,
+            worker_only: true,
+        };
+        let Ok(e) = UringEngine::new(data, &efd, 4) else {
+            eprintln!("SKIP: no io_uring here");
+            return;
+        };
+        let read = HostOp::Readv {
+            iov: std::ptr::null(),
+            count: 0,
+            offset: 0,
+        };
+        for op in [read, null_write(true), null_write(false), HostOp::Fdatasync] {
+            assert!(e.runs_inline(&op), "{op:?}");
         }
     }
 
