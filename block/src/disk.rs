@@ -65,8 +65,8 @@ pub struct Disk {
     wce: bool,
     /// The data descriptor has O_DSYNC.
     fd_dsync: bool,
-    /// The image's file system makes io_uring use a worker for every
-    /// operation (`engine::ring_needs_worker`), found at open.
+    /// The image is on tmpfs or ramfs (`DataFd::worker_only`), found at
+    /// open and kept for reopens.
     worker_only: bool,
     /// A failed fdatasync on a buffered image: flushes fail from now on.
     sync_failed: bool,

@@ -31,6 +31,6 @@ pub use disk::{Disk, DiskConfig, BOUNCE_CHUNK, QUEUE_DEPTH};
 pub use engine::{io_uring_supported, EngineKind, ParseEngineKindError};
 pub use error::BlockError;
 pub use op::{Completion, Op, Segment};
-pub use open::probe_direct_io;
+pub use open::{on_memory_fs, probe_direct_io};
 pub use policy::{ErrorAction, ErrorPolicy, ParseErrorActionError};
 pub use stats::DiskStats;

@@ -67,6 +67,39 @@ pub fn probe_direct_io(dir: &Path) -> std::io::Result<()> {
     result
 }
 
+/// tmpfs and ramfs (statfs `f_type`): memory, no device under them, and
+/// files that cannot be read or written without blocking (no
+/// FMODE_NOWAIT), so io_uring hands every operation on them to a worker.
+const MEMORY_FS_MAGIC: [i64; 2] = [0x0102_1994, 0x8584_58f6];
+
+#[allow(clippy::unnecessary_cast)] // f_type's width differs by target.
+fn is_memory_fs(st: &libc::statfs) -> bool {
+    MEMORY_FS_MAGIC.contains(&(st.f_type as i64))
+}
+
+/// Whether `path` lies on tmpfs or ramfs; None if the host cannot say.
+pub fn on_memory_fs(path: &Path) -> Option<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: an all-zero statfs is a valid value of this plain C struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a writable statfs that
+    // outlive the call.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| is_memory_fs(&st))
+}
+
+/// Whether the open `file` lies on tmpfs or ramfs (false if the host
+/// cannot say).
+pub(crate) fn file_on_memory_fs(file: &File) -> bool {
+    // SAFETY: an all-zero statfs is a valid value of this plain C struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `file` is open for the call and `st` a writable statfs that
+    // outlives it.
+    let rc = unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) };
+    rc == 0 && is_memory_fs(&st)
+}
+
 /// Opens the data descriptor. A file system refusing O_DIRECT (EINVAL on
 /// open) becomes `DirectIoUnsupported`, which tells the user what to do.
 pub(crate) fn open_data(path: &Path, flags: libc::c_int) -> Result<File, BlockError> {

@@ -65,8 +65,7 @@ impl Disk {
         let data = DataFd {
             fd: file.as_raw_fd(),
             page_cache: page_cache(cfg.cache, fd_dsync),
-            dsync: fd_dsync,
-            worker_only: engine::ring_needs_worker(file.as_raw_fd()),
+            worker_only: open::file_on_memory_fs(&file),
         };
         let worker_only = data.worker_only;
         let engine = engine::create(cfg.engine, data, &eventfd, QUEUE_DEPTH)?;
@@ -230,7 +229,6 @@ impl Disk {
                 .set_fd(DataFd {
                     fd: file.as_raw_fd(),
                     page_cache: page_cache(self.cache, want_dsync),
-                    dsync: want_dsync,
                     // The same file: its file system did not change (and
                     // the I/O thread may not call fstatfs).
                     worker_only: self.worker_only,

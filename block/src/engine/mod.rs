@@ -119,29 +119,12 @@ pub(crate) struct DataFd {
     /// Buffered without O_DSYNC: a write without RWF_DSYNC only copies
     /// into the page cache.
     pub page_cache: bool,
-    /// Opened with O_DSYNC: every write is durable at completion.
-    pub dsync: bool,
-    /// On a file system whose files cannot be read or written without
-    /// blocking (tmpfs, ramfs: no FMODE_NOWAIT), so that io_uring hands
-    /// every operation to a worker thread ([`ring_needs_worker`]).
+    /// On tmpfs or ramfs, whose files cannot be read or written without
+    /// blocking, so that io_uring would hand every operation to a worker
+    /// thread. perf on `ferrite bench --io-path --device ram` found every
+    /// read of a QD32 run copied by one `iou-wrk` thread, woken and put to
+    /// sleep per request.
     pub worker_only: bool,
-}
-
-/// Whether io_uring would hand every operation on `fd` to an io-wq worker:
-/// true on tmpfs and ramfs. perf on `ferrite bench --io-path --device ram`
-/// (a tmpfs) found every read of a QD32 run copied by one `iou-wrk`
-/// thread, woken and put to sleep per request.
-pub(crate) fn ring_needs_worker(fd: RawFd) -> bool {
-    const TMPFS_MAGIC: i64 = 0x0102_1994;
-    const RAMFS_MAGIC: i64 = 0x8584_58f6;
-    // SAFETY: an all-zero statfs is a valid value of this plain C struct.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `fd` is a descriptor the caller keeps open and `st` a
-    // writable statfs that outlives the call.
-    if unsafe { libc::fstatfs(fd, &mut st) } != 0 {
-        return false;
-    }
-    matches!(st.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC)
 }
 
 /// What every engine does.
@@ -192,7 +175,6 @@ pub fn io_uring_supported() -> bool {
                     let data = DataFd {
                         fd: f.as_raw_fd(),
                         page_cache: false,
-                        dsync: false,
                         worker_only: false,
                     };
                     UringEngine::new(data, &efd, 4).ok()

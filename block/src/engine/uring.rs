@@ -2,9 +2,10 @@
 //! are submitted in one system call at `kick`, and completions are reaped
 //! in batches; the ring signals the disk's eventfd itself.
 //!
-//! A write the ring could only hand to a kernel worker (a durable write,
-//! an fdatasync) is run on the caller's thread instead when it is the only
-//! operation: see [`UringEngine::blocks_on_ring`].
+//! Some operations are made on the caller's thread instead, as the same
+//! system call: a plain page-cache write, any operation alone in its batch,
+//! and every operation on tmpfs or ramfs (see [`UringEngine::runs_inline`]
+//! and [`UringEngine::held_when_alone`]).
 //!
 //! The ring is locked down: the data descriptor is registered and every
 //! submission must use it (no other file can be touched), and only the four
@@ -273,14 +274,7 @@ mod tests {
         let f = tempfile::tempfile().expect("temp");
         let write = null_write;
         for page_cache in [true, false] {
-            let data = DataFd {
-                fd: f.as_raw_fd(),
-                page_cache,
-                dsync: false,
-                worker_only: false,
-            };
-            let Ok(e) = UringEngine::new(data, &efd, 4) else {
-                eprintln!("SKIP: no io_uring here");
+            let Some(e) = engine(&f, &efd, page_cache, false) else {
                 return;
             };
             assert_eq!(e.runs_inline(&write(false)), page_cache);
@@ -289,14 +283,23 @@ mod tests {
         }
     }
 
-    fn engine(f: &std::fs::File, efd: &EventFd, dsync: bool) -> Option<UringEngine> {
+    /// An engine on `f`, or None (with a SKIP line) without io_uring.
+    fn engine(
+        f: &std::fs::File,
+        efd: &EventFd,
+        page_cache: bool,
+        worker_only: bool,
+    ) -> Option<UringEngine> {
         let data = DataFd {
             fd: f.as_raw_fd(),
-            page_cache: false,
-            dsync,
-            worker_only: false,
+            page_cache,
+            worker_only,
         };
-        UringEngine::new(data, efd, 8).ok()
+        let e = UringEngine::new(data, efd, 8).ok();
+        if e.is_none() {
+            eprintln!("SKIP: no io_uring here");
+        }
+        e
     }
 
     #[test]
@@ -305,8 +308,7 @@ mod tests {
             return;
         };
         let f = tempfile::tempfile().expect("temp");
-        let Some(mut e) = engine(&f, &efd, true) else {
-            eprintln!("SKIP: no io_uring here");
+        let Some(mut e) = engine(&f, &efd, false, false) else {
             return;
         };
         let bufs = [[1u8; 512], [2u8; 512]];
@@ -321,7 +323,8 @@ mod tests {
             iov: &iov[i],
             count: 1,
             offset: 512 * i as u64,
-            dsync: false,
+            // Durable by the write's own flag (RWF_DSYNC).
+            dsync: true,
         };
         // Alone: held, run by kick on this thread, signalled by the disk.
         // SAFETY: `iov` and `bufs` outlive the reaps below.
@@ -374,14 +377,7 @@ mod tests {
             mode: 0,
         };
         for page_cache in [false, true] {
-            let data = DataFd {
-                fd: f.as_raw_fd(),
-                page_cache,
-                dsync: false,
-                worker_only: false,
-            };
-            let Ok(e) = UringEngine::new(data, &efd, 8) else {
-                eprintln!("SKIP: no io_uring here");
+            let Some(e) = engine(&f, &efd, page_cache, false) else {
                 return;
             };
             assert_eq!(e.held_when_alone(&write(false)), !page_cache);
@@ -402,20 +398,10 @@ mod tests {
             eprintln!("SKIP: no /dev/shm here");
             return;
         };
-        assert!(
-            crate::engine::ring_needs_worker(f.as_raw_fd()),
-            "/dev/shm is a tmpfs"
-        );
+        assert!(crate::open::file_on_memory_fs(&f), "/dev/shm is a tmpfs");
         let disk_file = tempfile::tempfile_in(env!("CARGO_MANIFEST_DIR")).expect("temp");
-        assert!(!crate::engine::ring_needs_worker(disk_file.as_raw_fd()));
-        let data = DataFd {
-            fd: f.as_raw_fd(),
-            page_cache: false,
-            dsync: true,
-            worker_only: true,
-        };
-        let Ok(e) = UringEngine::new(data, &efd, 4) else {
-            eprintln!("SKIP: no io_uring here");
+        assert!(!crate::open::file_on_memory_fs(&disk_file));
+        let Some(e) = engine(&f, &efd, false, true) else {
             return;
         };
         let read = HostOp::Readv {
@@ -436,8 +422,7 @@ mod tests {
         let f = tempfile::tempfile().expect("temp");
         use std::os::unix::fs::FileExt;
         f.write_all_at(&[9u8; 512], 512).expect("write");
-        let Some(mut e) = engine(&f, &efd, false) else {
-            eprintln!("SKIP: no io_uring here");
+        let Some(mut e) = engine(&f, &efd, false, false) else {
             return;
         };
         let mut buf = [0u8; 512];

@@ -97,6 +97,36 @@ static void parse_u64(const char *v, u64 *out, struct config *cfg)
 		set_error(cfg, "bad_number");
 }
 
+/* The words whose value is one number, and where it goes. */
+static const struct {
+	const char *name;
+	unsigned long offset;
+} number_words[] = {
+	{"stream.count", __builtin_offsetof(struct config, stream_count)},
+	{"stream.depth", __builtin_offsetof(struct config, stream_depth)},
+	{"stream.flush_every", __builtin_offsetof(struct config, stream_flush_every)},
+	{"stream.keep_going", __builtin_offsetof(struct config, stream_keep_going)},
+	{"soak.depth", __builtin_offsetof(struct config, soak_depth)},
+	{"soak.seed", __builtin_offsetof(struct config, soak_seed)},
+	{"soak.count", __builtin_offsetof(struct config, soak_count)},
+	{"soak.seconds", __builtin_offsetof(struct config, soak_seconds)},
+	{"soak.blocks", __builtin_offsetof(struct config, soak_blocks)},
+	{"soak.progress", __builtin_offsetof(struct config, soak_progress)},
+};
+
+/* A number word: parsed into its field; false if `w` is not one. */
+static int parse_number_word(const char *w, unsigned long len, struct config *cfg)
+{
+	for (unsigned long i = 0; i < sizeof(number_words) / sizeof(number_words[0]); i++) {
+		const char *v = param(w, len, number_words[i].name);
+		if (v) {
+			parse_u64(v, (u64 *)((char *)cfg + number_words[i].offset), cfg);
+			return 1;
+		}
+	}
+	return 0;
+}
+
 static void parse_word(const char *w, unsigned long len, struct config *cfg)
 {
 	const char *v;
@@ -112,26 +142,8 @@ static void parse_word(const char *w, unsigned long len, struct config *cfg)
 		cfg->disk = (int)n;
 	} else if ((v = param(w, len, "probe.nofeatures"))) {
 		parse_features(v, cfg);
-	} else if ((v = param(w, len, "stream.count"))) {
-		parse_u64(v, &cfg->stream_count, cfg);
-	} else if ((v = param(w, len, "stream.depth"))) {
-		parse_u64(v, &cfg->stream_depth, cfg);
-	} else if ((v = param(w, len, "stream.flush_every"))) {
-		parse_u64(v, &cfg->stream_flush_every, cfg);
-	} else if ((v = param(w, len, "stream.keep_going"))) {
-		parse_u64(v, &cfg->stream_keep_going, cfg);
-	} else if ((v = param(w, len, "soak.depth"))) {
-		parse_u64(v, &cfg->soak_depth, cfg);
-	} else if ((v = param(w, len, "soak.seed"))) {
-		parse_u64(v, &cfg->soak_seed, cfg);
-	} else if ((v = param(w, len, "soak.count"))) {
-		parse_u64(v, &cfg->soak_count, cfg);
-	} else if ((v = param(w, len, "soak.seconds"))) {
-		parse_u64(v, &cfg->soak_seconds, cfg);
-	} else if ((v = param(w, len, "soak.blocks"))) {
-		parse_u64(v, &cfg->soak_blocks, cfg);
-	} else if ((v = param(w, len, "soak.progress"))) {
-		parse_u64(v, &cfg->soak_progress, cfg);
+	} else if (parse_number_word(w, len, cfg)) {
+		/* done */
 	} else if ((v = param(w, len, "virtio_mmio.device"))) {
 		parse_mmio(v, cfg);
 	}

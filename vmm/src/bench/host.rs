@@ -1,13 +1,7 @@
 //! What the benchmarks need to know about the host: whether KVM is
 //! emulated, and a directory on a real file system for O_DIRECT images.
 
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-
-/// tmpfs and ramfs: no device under them, so no storage to measure.
-const TMPFS_MAGIC: i64 = 0x0102_1994;
-const RAMFS_MAGIC: i64 = 0x8584_58f6;
 
 /// Why KVM is a software emulation here, if it is: no vmx/svm CPU flag,
 /// or the `kvm_pvm` module loaded.
@@ -30,26 +24,10 @@ pub fn kvm_emulated() -> Option<String> {
     (!why.is_empty()).then(|| why.join(", "))
 }
 
-/// The file system type magic of `dir` (statfs f_type).
-fn fs_magic(dir: &Path) -> Option<i64> {
-    let c = CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: an all-zero statfs is a valid value of this plain C struct.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a NUL-terminated path and `st` a writable statfs that
-    // outlives the call.
-    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    #[allow(clippy::unnecessary_cast)] // f_type's width differs by target.
-    (rc == 0).then_some(st.f_type as i64)
-}
-
-/// Whether `dir` is on a tmpfs (memory, no device under it).
-pub fn is_tmpfs(dir: &Path) -> bool {
-    fs_magic(dir) == Some(TMPFS_MAGIC)
-}
-
 /// Whether `dir` is on a disk-backed file system that accepts O_DIRECT.
 pub fn direct_io_ok(dir: &Path) -> bool {
-    if matches!(fs_magic(dir), None | Some(TMPFS_MAGIC) | Some(RAMFS_MAGIC)) {
+    // tmpfs and ramfs: no device under them, so no storage to measure.
+    if block::on_memory_fs(dir) != Some(false) {
         return false;
     }
     block::probe_direct_io(dir).is_ok()
@@ -95,8 +73,8 @@ mod tests {
     #[test]
     fn target_dir_is_usable_or_skipped() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-        if fs_magic(dir) == Some(TMPFS_MAGIC) {
-            eprintln!("SKIP: the source tree is on tmpfs");
+        if block::on_memory_fs(dir) == Some(true) {
+            eprintln!("SKIP: the source tree is on tmpfs or ramfs");
             return;
         }
         assert!(direct_io_ok(dir));

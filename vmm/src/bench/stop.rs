@@ -16,12 +16,21 @@ use std::sync::Mutex;
 
 use crate::signals::StopSignals;
 
+/// What a stop does with a registered path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Cleanup {
+    /// Remove the file or directory.
+    Remove,
+    /// Unmount the file system mounted there and remove the mount point
+    /// (after every removal).
+    Unmount,
+}
+
 /// What a stop must clean up.
 #[derive(Default)]
 struct Registry {
     children: Vec<u32>,
-    paths: Vec<PathBuf>,
-    mounts: Vec<PathBuf>,
+    paths: Vec<(PathBuf, Cleanup)>,
 }
 
 /// Set once a stop began: the thread that waited for a killed child must
@@ -31,7 +40,6 @@ static STOPPING: AtomicBool = AtomicBool::new(false);
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     children: Vec::new(),
     paths: Vec::new(),
-    mounts: Vec::new(),
 });
 
 fn registry() -> std::sync::MutexGuard<'static, Registry> {
@@ -59,40 +67,33 @@ impl Drop for ChildGuard {
     }
 }
 
-/// A scratch file or directory that a stop removes, for as long as this
-/// guard lives (its owner removes it otherwise).
-pub struct PathGuard(PathBuf);
+/// A scratch file or directory that a stop removes, or a file system the
+/// bench mounted (the memory-backed device's tmpfs) that a stop unmounts,
+/// for as long as this guard lives (its owner cleans up otherwise).
+pub struct PathGuard(PathBuf, Cleanup);
 
 impl PathGuard {
-    /// Registers `path`.
+    /// Registers the scratch file or directory `path`.
     pub fn new(path: &Path) -> PathGuard {
-        registry().paths.push(path.to_path_buf());
-        PathGuard(path.to_path_buf())
+        PathGuard::register(path, Cleanup::Remove)
+    }
+
+    /// Registers the mount point `path`.
+    pub fn mount(path: &Path) -> PathGuard {
+        PathGuard::register(path, Cleanup::Unmount)
+    }
+
+    fn register(path: &Path, cleanup: Cleanup) -> PathGuard {
+        registry().paths.push((path.to_path_buf(), cleanup));
+        PathGuard(path.to_path_buf(), cleanup)
     }
 }
 
 impl Drop for PathGuard {
     fn drop(&mut self) {
-        registry().paths.retain(|p| p != &self.0);
-    }
-}
-
-/// A file system the bench mounted (the memory-backed device's tmpfs),
-/// which a stop unmounts and whose empty mount point it removes, for as
-/// long as this guard lives (its owner does so otherwise).
-pub struct MountGuard(PathBuf);
-
-impl MountGuard {
-    /// Registers the mount point `path`.
-    pub fn new(path: &Path) -> MountGuard {
-        registry().mounts.push(path.to_path_buf());
-        MountGuard(path.to_path_buf())
-    }
-}
-
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        registry().mounts.retain(|p| p != &self.0);
+        registry()
+            .paths
+            .retain(|(p, c)| (p, *c) != (&self.0, self.1));
     }
 }
 
@@ -137,24 +138,25 @@ pub fn watch() {
 /// Kills the children, removes the scratch paths and exits.
 fn stop(sig: libc::c_int) -> ! {
     STOPPING.store(true, Ordering::Release);
-    let (children, paths, mounts) = {
+    let (children, paths) = {
         let r = registry();
-        (r.children.clone(), r.paths.clone(), r.mounts.clone())
+        (r.children.clone(), r.paths.clone())
     };
     for pid in children {
         // SAFETY: kill(2) with a pid this process spawned and has not
         // reaped (the guard lives until after the wait) and a valid signal.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
     }
-    for p in paths {
+    // Scratch files first: the image lies inside the tmpfs it unmounts.
+    for (p, _) in paths.iter().filter(|(_, c)| *c == Cleanup::Remove) {
         if p.is_dir() {
-            let _ = std::fs::remove_dir_all(&p);
+            let _ = std::fs::remove_dir_all(p);
         } else {
-            let _ = std::fs::remove_file(&p);
+            let _ = std::fs::remove_file(p);
         }
     }
-    for m in mounts {
-        let _ = unmount(&m);
+    for (m, _) in paths.iter().filter(|(_, c)| *c == Cleanup::Unmount) {
+        let _ = unmount(m);
     }
     let name = match sig {
         libc::SIGINT => "SIGINT",

@@ -14,9 +14,9 @@
 //! driver that submits within microseconds of each completion is served
 //! at the speed of wake-ups. A fixed window costs at most one window of
 //! CPU per idle period, and gives way to any other task that wants the
-//! CPU meanwhile ([`Spin`]): it does not open at all while tasks on the
-//! host wait for a CPU ([`super::contention`]), since a thread that sleeps
-//! is woken by a completion and a thread that yielded is not.
+//! CPU meanwhile ([`Spin`]): it does not open at all while more tasks are
+//! runnable than the host has CPUs ([`super::contention`]), since a thread
+//! that sleeps is woken by a completion and a thread that yielded is not.
 
 use std::time::{Duration, Instant};
 

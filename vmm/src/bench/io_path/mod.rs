@@ -281,7 +281,9 @@ pub fn run(cfg: &IoPathConfig, out: &mut dyn Write) -> Result<Vec<String>, Bench
     );
     // What no ring implementation can go below here (see floor.rs).
     if let Some((p50, p99)) = floor::ring_round_trip(200_000, Duration::from_millis(300)) {
-        let busy = if devices::virtio::block::contention::cpu_contended() {
+        use devices::virtio::block::contention;
+        contention::prepare();
+        let busy = if contention::cpu_contended() {
             "; the host is busy (more runnable tasks than CPUs), so this and every figure below include waiting for a CPU"
         } else {
             ""

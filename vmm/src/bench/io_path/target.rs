@@ -72,7 +72,7 @@ impl Drop for Scratch {
 /// A tmpfs the bench mounted; unmounted at the end (or at Ctrl-C).
 struct RamMount {
     path: PathBuf,
-    _stop: stop::MountGuard,
+    _stop: stop::PathGuard,
 }
 
 impl Drop for RamMount {
@@ -157,7 +157,7 @@ fn ram_dir(size: u64) -> Result<(PathBuf, Option<RamMount>, String), BenchError>
     if unsafe { libc::geteuid() } == 0 {
         let dir = std::env::temp_dir().join(format!("ferrite-bench-ram-{}", std::process::id()));
         std::fs::create_dir(&dir).map_err(image_err(&dir))?;
-        let _stop = stop::MountGuard::new(&dir);
+        let _stop = stop::PathGuard::mount(&dir);
         let opts = format!("size={},mode=0700", size + (4 << 20));
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &opts, "tmpfs"])
@@ -179,7 +179,8 @@ fn ram_dir(size: u64) -> Result<(PathBuf, Option<RamMount>, String), BenchError>
         }
     }
     let shm = Path::new("/dev/shm");
-    if super::super::host::is_tmpfs(shm) && block::probe_direct_io(shm).is_ok() {
+    // Memory and O_DIRECT: a tmpfs (ramfs refuses O_DIRECT).
+    if block::on_memory_fs(shm) == Some(true) && block::probe_direct_io(shm).is_ok() {
         return Ok((shm.to_path_buf(), None, "tmpfs /dev/shm".into()));
     }
     Err(BenchError::Usage(format!(
