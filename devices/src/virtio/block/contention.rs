@@ -21,8 +21,8 @@
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// How often the runnable count is read (at most; only when asked).
@@ -33,6 +33,13 @@ const LOADAVG: &str = "/proc/loadavg";
 /// The last verdict, readable without the sampler's lock.
 static CONTENDED: AtomicBool = AtomicBool::new(false);
 static SAMPLER: Mutex<Option<Sampler>> = Mutex::new(None);
+/// When the next sample is due, in nanoseconds since [`EPOCH`]. Spinners
+/// on two cores (the device's thread and a polling driver) ask once per
+/// request each; with only loads between samples the lines stay shared
+/// in both caches, where a lock taken per call moved one of them between
+/// the cores every request.
+static NEXT_SAMPLE_NS: AtomicU64 = AtomicU64::new(0);
+static EPOCH: OnceLock<Instant> = OnceLock::new();
 
 /// Opens `/proc/loadavg` and counts the CPUs, once per process. Call it
 /// before the thread that spins is confined: its seccomp filter and
@@ -41,18 +48,30 @@ static SAMPLER: Mutex<Option<Sampler>> = Mutex::new(None);
 pub fn prepare() {
     let mut sampler = SAMPLER.lock().unwrap_or_else(|p| p.into_inner());
     sampler.get_or_insert_with(|| Sampler::open(LOADAVG, online_cpus()));
+    EPOCH.get_or_init(Instant::now);
 }
 
-/// Whether, at the last sample, more tasks were runnable than the host
-/// has online CPUs. False before [`prepare`] or where the count cannot be
-/// read (spinning then goes on as it would without this check): a spinner
-/// never opens the file itself, since its thread may be confined.
-pub fn cpu_contended() -> bool {
-    // try_lock: a spinner never waits for another spinner's sample; it
-    // takes the last verdict instead.
-    if let Ok(mut sampler) = SAMPLER.try_lock() {
-        if let Some(verdict) = sampler.as_mut().and_then(|s| s.refresh(Instant::now())) {
-            CONTENDED.store(verdict, Ordering::Relaxed);
+/// Whether, at the last sample before `now`, more tasks were runnable
+/// than the host has online CPUs. False before [`prepare`] or where the
+/// count cannot be read (spinning then goes on as it would without this
+/// check): a spinner never opens the file itself, since its thread may be
+/// confined.
+pub fn cpu_contended(now: Instant) -> bool {
+    if let Some(epoch) = EPOCH.get() {
+        let at =
+            u64::try_from(now.saturating_duration_since(*epoch).as_nanos()).unwrap_or(u64::MAX);
+        // try_lock: a spinner never waits for another spinner's sample; it
+        // takes the last verdict instead.
+        if at >= NEXT_SAMPLE_NS.load(Ordering::Relaxed) {
+            if let Ok(mut sampler) = SAMPLER.try_lock() {
+                NEXT_SAMPLE_NS.store(
+                    at.saturating_add(SAMPLE_EVERY.as_nanos() as u64),
+                    Ordering::Relaxed,
+                );
+                if let Some(verdict) = sampler.as_mut().and_then(|s| s.refresh(now)) {
+                    CONTENDED.store(verdict, Ordering::Relaxed);
+                }
+            }
         }
     }
     CONTENDED.load(Ordering::Relaxed)

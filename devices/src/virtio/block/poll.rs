@@ -73,7 +73,7 @@ impl Spin {
     /// contended ([`cpu_contended`]).
     pub fn new(window: Duration, yields: bool) -> Spin {
         let now = Instant::now();
-        let window = if yields && cpu_contended() {
+        let window = if yields && cpu_contended(now) {
             Duration::ZERO
         } else {
             window

@@ -24,6 +24,7 @@ use block::{Disk, Op, Segment};
 
 pub use super::error::{ChainError, RequestError};
 
+use smallvec::SmallVec;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_OK, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
     VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
@@ -256,7 +257,9 @@ impl Request {
     {
         let head = chain.head_index();
         let malformed = |reason| ParseError::Malformed { head, reason };
-        let descs: Vec<Descriptor> = chain.take(MAX_CHAIN + 1).collect();
+        // Inline storage for the usual chains (Linux sends 3 descriptors for
+        // a 4 KiB request): no allocation per request on the common path.
+        let descs: SmallVec<[Descriptor; 4]> = chain.take(MAX_CHAIN + 1).collect();
         if descs.len() > MAX_CHAIN {
             return Err(malformed(ChainError::TooLong { max: MAX_CHAIN }));
         }
@@ -451,10 +454,10 @@ fn check_chain(descs: &[Descriptor], mem: &GuestMemoryMmap) -> Result<GuestAddre
 struct Streams {
     /// Device-readable buffers in order: the header, then OUT data or
     /// discard/write-zeroes segments.
-    readable: Vec<GuestRange>,
+    readable: SmallVec<[GuestRange; 4]>,
     /// Device-writable buffers in order: IN data or the GET_ID answer,
     /// then the status byte.
-    writable: Vec<GuestRange>,
+    writable: SmallVec<[GuestRange; 4]>,
     /// The first device-readable buffer that follows a device-writable one.
     misplaced: Option<GuestAddress>,
 }
@@ -462,8 +465,8 @@ struct Streams {
 impl Streams {
     fn of(descs: &[Descriptor]) -> Streams {
         let mut s = Streams {
-            readable: Vec::new(),
-            writable: Vec::new(),
+            readable: SmallVec::new(),
+            writable: SmallVec::new(),
             misplaced: None,
         };
         for d in descs {
@@ -485,33 +488,45 @@ impl Streams {
 
     /// Readable bytes after the 16-byte header.
     fn readable_data(&self) -> Vec<GuestRange> {
-        sub_ranges(&self.readable, u64::from(HEADER_LEN), 0)
+        sub_ranges(&self.readable, u64::from(HEADER_LEN), 0).collect()
     }
 
     /// Writable bytes before the status byte.
     fn writable_data(&self) -> Vec<GuestRange> {
-        sub_ranges(&self.writable, 0, 1)
+        sub_ranges(&self.writable, 0, 1).collect()
+    }
+
+    /// The first readable byte after the header, if any.
+    fn first_readable_data(&self) -> Option<GuestRange> {
+        sub_ranges(&self.readable, u64::from(HEADER_LEN), 0).next()
+    }
+
+    /// The first writable byte before the status byte, if any.
+    fn first_writable_data(&self) -> Option<GuestRange> {
+        sub_ranges(&self.writable, 0, 1).next()
     }
 }
 
 /// The bytes of `ranges` from byte `skip` on, without the last `trim`
 /// bytes, as ranges (empty pieces left out).
-fn sub_ranges(ranges: &[GuestRange], skip: u64, trim: u64) -> Vec<GuestRange> {
+fn sub_ranges(
+    ranges: &[GuestRange],
+    skip: u64,
+    trim: u64,
+) -> impl Iterator<Item = GuestRange> + '_ {
     let end = total_len(ranges).saturating_sub(trim);
-    let mut out = Vec::with_capacity(ranges.len());
-    let mut at = 0u64;
-    for r in ranges {
-        let (start, stop) = (at, at + u64::from(r.len));
-        at = stop;
-        let (from, to) = (start.max(skip), stop.min(end));
-        if from < to {
-            out.push(GuestRange {
+    ranges
+        .iter()
+        .scan(0u64, move |at, r| {
+            let (start, stop) = (*at, *at + u64::from(r.len));
+            *at = stop;
+            let (from, to) = (start.max(skip), stop.min(end));
+            Some((from < to).then(|| GuestRange {
                 addr: r.addr.unchecked_add(from - start),
                 len: (to - from) as u32,
-            });
-        }
-    }
-    out
+            }))
+        })
+        .flatten()
 }
 
 /// Checks a chain whose status byte and header are known to be there.
@@ -525,7 +540,7 @@ fn parse_streams(
     if let Some(addr) = streams.misplaced {
         return Err(RequestError::ReadableAfterWritable { addr: addr.0 });
     }
-    let raw = gather(mem, &streams.readable, HEADER_LEN as usize)?;
+    let raw: [u8; HEADER_LEN as usize] = gather(mem, &streams.readable)?;
     let request_type = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
     let mut sector_bytes = [0u8; 8];
     sector_bytes.copy_from_slice(&raw[8..16]);
@@ -534,7 +549,7 @@ fn parse_streams(
     match request_type {
         VIRTIO_BLK_T_IN => {
             // §5.2.6: IN data is device-writable.
-            let data = only(streams.writable_data(), streams.readable_data(), true)?;
+            let data = only(streams.writable_data(), streams.first_readable_data(), true)?;
             check_rw(sector, &data, limits)?;
             Ok(RequestKind::Read { sector, data })
         }
@@ -545,14 +560,18 @@ fn parse_streams(
                 return Err(RequestError::ReadOnly);
             }
             // §5.2.6: OUT data is device-readable.
-            let data = only(streams.readable_data(), streams.writable_data(), false)?;
+            let data = only(
+                streams.readable_data(),
+                streams.first_writable_data(),
+                false,
+            )?;
             check_rw(sector, &data, limits)?;
             Ok(RequestKind::Write { sector, data })
         }
         // Flush carries no data (§5.2.6); stray buffers are not touched.
         VIRTIO_BLK_T_FLUSH => Ok(RequestKind::Flush),
         VIRTIO_BLK_T_GET_ID => Ok(RequestKind::GetId {
-            data: only(streams.writable_data(), streams.readable_data(), true)?,
+            data: only(streams.writable_data(), streams.first_readable_data(), true)?,
         }),
         VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
             parse_zeroing(request_type, streams, mem, limits)
@@ -568,7 +587,7 @@ fn parse_streams(
 /// device-writable one; §5.2.6 gives each request type one direction.
 fn only(
     data: Vec<GuestRange>,
-    stray: Vec<GuestRange>,
+    stray: Option<GuestRange>,
     writable: bool,
 ) -> Result<Vec<GuestRange>, RequestError> {
     let name = |w: bool| {
@@ -578,7 +597,7 @@ fn only(
             "device-readable"
         }
     };
-    match stray.first() {
+    match stray {
         Some(r) => Err(RequestError::DataDirection {
             addr: r.addr.0,
             found: name(!writable),
@@ -631,7 +650,11 @@ fn parse_zeroing(
         return Err(RequestError::Unsupported(request_type));
     }
     // §5.2.6: the segments are device-readable.
-    let data = &only(streams.readable_data(), streams.writable_data(), false)?;
+    let data = &only(
+        streams.readable_data(),
+        streams.first_writable_data(),
+        false,
+    )?;
     let raw = first_segment(data, mem, limits)?;
     let sector = u64::from_le_bytes([
         raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7],
@@ -673,7 +696,7 @@ fn first_segment(
     data: &[GuestRange],
     mem: &GuestMemoryMmap,
     limits: &DiskLimits,
-) -> Result<Vec<u8>, RequestError> {
+) -> Result<[u8; SEGMENT_LEN as usize], RequestError> {
     let len = total_len(data);
     let max = limits.max_zeroing_segments;
     if len == 0
@@ -682,16 +705,16 @@ fn first_segment(
     {
         return Err(RequestError::SegmentCount { len, max });
     }
-    gather(mem, data, SEGMENT_LEN as usize)
+    gather(mem, data)
 }
 
-/// Reads the first `len` bytes spread over `ranges`.
-fn gather(
+/// Reads the first `N` bytes spread over `ranges` (the caller checked
+/// that there are that many).
+fn gather<const N: usize>(
     mem: &GuestMemoryMmap,
     ranges: &[GuestRange],
-    len: usize,
-) -> Result<Vec<u8>, RequestError> {
-    let mut out = vec![0u8; len];
+) -> Result<[u8; N], RequestError> {
+    let (mut out, len) = ([0u8; N], N);
     let mut done = 0;
     for r in ranges {
         if done == len {

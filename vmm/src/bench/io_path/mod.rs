@@ -283,7 +283,7 @@ pub fn run(cfg: &IoPathConfig, out: &mut dyn Write) -> Result<Vec<String>, Bench
     if let Some((p50, p99)) = floor::ring_round_trip(200_000, Duration::from_millis(300)) {
         use devices::virtio::block::contention;
         contention::prepare();
-        let busy = if contention::cpu_contended() {
+        let busy = if contention::cpu_contended(std::time::Instant::now()) {
             "; the host is busy (more runnable tasks than CPUs), so this and every figure below include waiting for a CPU"
         } else {
             ""

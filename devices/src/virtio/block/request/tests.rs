@@ -590,11 +590,13 @@ fn sub_ranges_skip_the_header_and_trim_the_status() {
         addr: GuestAddress(addr),
         len,
     };
+    let cut =
+        |ranges: &[GuestRange], skip, trim| sub_ranges(ranges, skip, trim).collect::<Vec<_>>();
     // 8 + 0 + 520 + 1 readable bytes: the header is 8 + 8, data 513.
     let ranges = [r(0x100, 8), r(0x200, 0), r(0x300, 520), r(0x400, 1)];
-    assert_eq!(sub_ranges(&ranges, 16, 0), [r(0x308, 512), r(0x400, 1)]);
+    assert_eq!(cut(&ranges, 16, 0), [r(0x308, 512), r(0x400, 1)]);
     // 512 data bytes and the status in one 513-byte descriptor.
-    assert_eq!(sub_ranges(&[r(0x500, 513)], 0, 1), [r(0x500, 512)]);
-    assert_eq!(sub_ranges(&[r(0x500, 1)], 0, 1), []);
-    assert_eq!(sub_ranges(&ranges, 600, 0), []);
+    assert_eq!(cut(&[r(0x500, 513)], 0, 1), [r(0x500, 512)]);
+    assert_eq!(cut(&[r(0x500, 1)], 0, 1), []);
+    assert_eq!(cut(&ranges, 600, 0), []);
 }
