@@ -24,6 +24,7 @@ mod lock;
 mod op;
 mod open;
 mod policy;
+pub mod stage_timing;
 mod stats;
 
 pub use cache::{CacheMode, CacheSwitches, ParseCacheModeError};

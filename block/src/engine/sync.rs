@@ -7,6 +7,8 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::RawFd;
 
+use crate::stage_timing::{self, Point};
+
 use super::{DataFd, Engine, EngineKind, HostOp, Pushed, RawCompletion};
 
 pub(crate) struct SyncEngine {
@@ -46,6 +48,7 @@ pub(crate) unsafe fn run_now(fd: RawFd, op: HostOp) -> i64 {
 /// # Safety
 /// As for `run_now`.
 unsafe fn run_once(fd: RawFd, op: HostOp) -> i64 {
+    stage_timing::mark(Point::HostCallStart);
     let rc: i64 = match op {
         // SAFETY: the caller keeps iov[..count] and the buffers it names
         // valid for the call.
@@ -72,6 +75,7 @@ unsafe fn run_once(fd: RawFd, op: HostOp) -> i64 {
             libc::fallocate(fd, mode, offset as libc::off_t, len as libc::off_t) as i64
         },
     };
+    stage_timing::mark(Point::HostCallEnd);
     if rc < 0 {
         -(io::Error::last_os_error()
             .raw_os_error()

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use block::stage_timing::{self, Point};
 use block::{CacheMode, Completion, Disk, Op};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_S_UNSUPP};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -609,6 +610,7 @@ impl IoThread {
             }
             self.finished
                 .push(in_flight.finish(&act.mem, result.as_ref().map(|_| ())));
+            stage_timing::mark(Point::Answered);
         }
     }
 
@@ -619,6 +621,7 @@ impl IoThread {
             return;
         };
         for done in self.finished.drain(..) {
+            stage_timing::mark(Point::Used);
             if act
                 .queue
                 .add_used(&act.mem, done.head, done.used_len)
@@ -628,6 +631,8 @@ impl IoThread {
             } else {
                 act.added = true;
             }
+            // After the entry is out, so that filing is not in its latency.
+            stage_timing::device_filed();
         }
     }
 
@@ -659,9 +664,13 @@ impl IoThread {
             let Some(chain) = chain else {
                 return submitted;
             };
+            stage_timing::mark(Point::Seen);
             self.counters.requests += 1;
             match Request::parse(chain, &act.mem, &self.limits) {
-                Ok(request) => submitted += self.start(request),
+                Ok(request) => {
+                    stage_timing::mark(Point::Parsed);
+                    submitted += self.start(request)
+                }
                 Err(ParseError::Refused { slot, reason }) => {
                     if u32::from(reason.status()) == VIRTIO_BLK_S_UNSUPP {
                         self.counters.unsupported += 1;

@@ -18,6 +18,7 @@ use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use block::stage_timing::{self, Point};
 use devices::virtio::block::poll::Spin;
 use devices::virtio::block::BlockDevice;
 use devices::virtio::mmio::MmioTransport;
@@ -285,6 +286,7 @@ impl Driver {
             flags: data_flags | VRING_DESC_F_NEXT as u16,
             next: d + 2,
         };
+        stage_timing::mark(Point::Submitted);
         let ok = self.ring.write_desc(&mut self.mem, d + 1, data)
             && self.ring.make_available(&mut self.mem, self.avail_idx, d);
         self.avail_idx = self.avail_idx.wrapping_add(1);
@@ -340,6 +342,8 @@ impl Driver {
                 .used_entry(&self.mem, self.last_used)
                 .ok_or_else(Self::ring_err)?;
             self.last_used = self.last_used.wrapping_add(1);
+            stage_timing::mark(Point::Reaped);
+            stage_timing::driver_filed();
             let slot = id as usize / 3;
             if slot >= self.slots || !id.is_multiple_of(3) {
                 return Err(BenchError::Device(format!(

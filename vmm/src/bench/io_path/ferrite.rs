@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use block::{CacheMode, Disk, DiskConfig, EngineKind};
+use block::{stage_timing, CacheMode, Disk, DiskConfig, EngineKind};
 use devices::virtio::block::{BlockDevice, BlockOptions};
 
 use super::driver::{Done, Driver, ReqKind, WaitMode};
@@ -102,6 +102,8 @@ pub fn run(cfg: &RunConfig<'_>, wl: &Workload, seed: u64) -> Result<Sample, Benc
         blocks: (cfg.size / u64::from(wl.bs)).max(1),
         bs: u64::from(wl.bs),
     };
+    // Rows a previous run left (none unless its counts differed).
+    let _ = stage_timing::take();
     let io_thread = stats::thread_named("ferrite-blk");
     let dev_cpu0 = io_thread.as_deref().and_then(stats::cpu_time);
     let drv_cpu0 = stats::this_thread_cpu();
@@ -162,5 +164,10 @@ pub fn run(cfg: &RunConfig<'_>, wl: &Workload, seed: u64) -> Result<Sample, Benc
         p99_us: stats::percentile(&mut latencies, 99.0).map_or(f64::NAN, |n| n as f64 / 1000.0),
         driver_us: per_op(drv_cpu),
         device_us: per_op(dev_cpu),
+        // Rows pair up only when requests complete one at a time.
+        stages: match (stage_timing::take(), wl.qd) {
+            (rows, 1) => stage_timing::stage_medians(&rows),
+            _ => super::NO_STAGES,
+        },
     })
 }

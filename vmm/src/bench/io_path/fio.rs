@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use block::CacheMode;
 
-use super::{BenchError, Sample, Workload};
+use super::{BenchError, Sample, Workload, NO_STAGES};
 
 /// fio's command line for one case.
 pub fn args(
@@ -125,6 +125,7 @@ pub fn parse(json: &str, op: &str) -> Result<Sample, BenchError> {
         p99_us: pct("99.000000").unwrap_or(f64::NAN),
         driver_us: f64::NAN,
         device_us: f64::NAN,
+        stages: NO_STAGES,
     })
 }
 

@@ -21,7 +21,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use block::{CacheMode, EngineKind};
+use block::{stage_timing, CacheMode, EngineKind};
 
 use super::stats::median;
 use driver::WaitMode;
@@ -123,7 +123,13 @@ pub struct Sample {
     pub driver_us: f64,
     /// Device I/O-thread CPU per request, µs (ferrite only).
     pub device_us: f64,
+    /// Median ns of each stage of a QD1 request (ferrite only, and only in
+    /// a build with the `stage-timing` feature).
+    pub stages: [Option<u64>; stage_timing::POINTS],
 }
+
+/// A side or a build without stage marks.
+pub const NO_STAGES: [Option<u64>; stage_timing::POINTS] = [None; stage_timing::POINTS];
 
 /// Medians over the repeats of one side.
 fn medians(samples: &[Sample]) -> Sample {
@@ -136,7 +142,31 @@ fn medians(samples: &[Sample]) -> Sample {
         p99_us: m(|s| s.p99_us),
         driver_us: m(|s| s.driver_us),
         device_us: m(|s| s.device_us),
+        stages: std::array::from_fn(|i| {
+            let mut v: Vec<u64> = samples.iter().filter_map(|s| s.stages[i]).collect();
+            v.sort_unstable();
+            v.get(v.len() / 2).copied()
+        }),
     }
+}
+
+/// The `# stages:` line of a case whose ferrite side has stage marks.
+fn stages_line(s: &Sample) -> Option<String> {
+    if s.stages.iter().all(Option::is_none) {
+        return None;
+    }
+    let parts: Vec<String> = stage_timing::STAGE_NAMES
+        .iter()
+        .zip(s.stages)
+        .map(|(name, ns)| match ns {
+            Some(ns) => format!("{name}={ns}ns"),
+            None => format!("{name}=-"),
+        })
+        .collect();
+    Some(format!(
+        "# stages (median per request, stage-timing build; each includes up to one clock read): {}",
+        parts.join(" ")
+    ))
 }
 
 /// What `--io-path` runs.
@@ -329,6 +359,9 @@ pub fn run(cfg: &IoPathConfig, out: &mut dyn Write) -> Result<Vec<String>, Bench
                 let r = Ratios::paired(&fs, &os);
                 let l = line(mode, engine, wl, &f, &o, r);
                 wr(out, &l);
+                if let Some(s) = stages_line(&f) {
+                    wr(out, &s);
+                }
                 lines.push(l);
                 summary.count(mode, engine, wl, &f, r);
             }
@@ -352,6 +385,7 @@ mod tests {
             p99_us: 24.0,
             driver_us: 1.0,
             device_us: 2.0,
+            stages: NO_STAGES,
         };
         let o = Sample {
             iops: 1000.0,
@@ -359,6 +393,7 @@ mod tests {
             p99_us: 20.0,
             driver_us: f64::NAN,
             device_us: f64::NAN,
+            stages: NO_STAGES,
         };
         let r = Ratios::paired(&[f], &[o]);
         let l = line(
@@ -387,6 +422,7 @@ mod tests {
             p99_us,
             driver_us: 0.0,
             device_us: 0.0,
+            stages: NO_STAGES,
         };
         // The storage slowed 10x during the repeats: two of the three pairs
         // are at parity, while the sides' medians are 10x apart.
@@ -411,6 +447,7 @@ mod tests {
             p99_us: 1.0,
             driver_us: 0.0,
             device_us: 0.0,
+            stages: NO_STAGES,
         };
         let m = medians(&[s(3.0), s(1.0), s(2.0)]);
         assert_eq!((m.iops, m.p50_us, m.p99_us), (2.0, 2.0, 1.0));

@@ -123,7 +123,7 @@ impl Summary {
 
 #[cfg(test)]
 mod tests {
-    use super::super::WORKLOADS;
+    use super::super::{NO_STAGES, WORKLOADS};
     use super::*;
 
     fn r(iops: f64, added_p50: f64, added_p99: f64) -> Ratios {
@@ -143,6 +143,7 @@ mod tests {
             p99_us: 1.0,
             driver_us: 0.5,
             device_us: 0.7,
+            stages: NO_STAGES,
         };
         let mut s = Summary::default();
         let (u, t) = (EngineKind::IoUring, EngineKind::Sync);
