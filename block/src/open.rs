@@ -72,32 +72,31 @@ pub fn probe_direct_io(dir: &Path) -> std::io::Result<()> {
 /// FMODE_NOWAIT), so io_uring hands every operation on them to a worker.
 const MEMORY_FS_MAGIC: [i64; 2] = [0x0102_1994, 0x8584_58f6];
 
-#[allow(clippy::unnecessary_cast)] // f_type's width differs by target.
-fn is_memory_fs(st: &libc::statfs) -> bool {
-    MEMORY_FS_MAGIC.contains(&(st.f_type as i64))
-}
-
 /// Whether `path` lies on tmpfs or ramfs; None if the host cannot say.
 pub fn on_memory_fs(path: &Path) -> Option<bool> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: an all-zero statfs is a valid value of this plain C struct.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a NUL-terminated path and `st` a writable statfs that
-    // outlive the call.
-    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    (rc == 0).then(|| is_memory_fs(&st))
+    // O_PATH: no read permission needed, as for statfs(2) on the path.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(path)
+        .ok()?;
+    memory_fs(&file)
 }
 
 /// Whether the open `file` lies on tmpfs or ramfs (false if the host
 /// cannot say).
 pub(crate) fn file_on_memory_fs(file: &File) -> bool {
+    memory_fs(file).unwrap_or(false)
+}
+
+#[allow(clippy::unnecessary_cast)] // f_type's width differs by target.
+fn memory_fs(file: &File) -> Option<bool> {
     // SAFETY: an all-zero statfs is a valid value of this plain C struct.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: `file` is open for the call and `st` a writable statfs that
     // outlives it.
     let rc = unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) };
-    rc == 0 && is_memory_fs(&st)
+    (rc == 0).then(|| MEMORY_FS_MAGIC.contains(&(st.f_type as i64)))
 }
 
 /// Opens the data descriptor. A file system refusing O_DIRECT (EINVAL on
@@ -264,6 +263,22 @@ pub(crate) fn probe_punch_hole(file: &File, kind: FileKind, capacity: u64) -> bo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_and_an_open_file_on_it_get_the_same_answer() {
+        assert_eq!(on_memory_fs(Path::new("/nonexistent/ferrite")), None);
+        for dir in ["/dev/shm", env!("CARGO_MANIFEST_DIR")] {
+            let Ok(f) = File::open(dir) else {
+                eprintln!("SKIP: no {dir} here");
+                continue;
+            };
+            assert_eq!(
+                on_memory_fs(Path::new(dir)),
+                Some(file_on_memory_fs(&f)),
+                "{dir}"
+            );
+        }
+    }
 
     #[test]
     fn flags_per_mode() {

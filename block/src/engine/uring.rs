@@ -5,7 +5,7 @@
 //! Some operations are made on the caller's thread instead, as the same
 //! system call: a plain page-cache write, any operation alone in its batch,
 //! and every operation on tmpfs or ramfs (see [`UringEngine::runs_inline`]
-//! and [`UringEngine::held_when_alone`]).
+//! and [`Engine::push`]).
 //!
 //! The ring is locked down: the data descriptor is registered and every
 //! submission must use it (no other file can be touched), and only the four
@@ -82,22 +82,6 @@ impl UringEngine {
             held: None,
             done: VecDeque::new(),
         })
-    }
-
-    /// Whether `op`, pushed while nothing else is in flight, waits to
-    /// see if it stays alone (then [`Engine::kick`] makes the call on the
-    /// disk's thread): every operation the ring carries. Alone, the ring
-    /// can at best make the same system call inline in `io_uring_enter`
-    /// (a cached buffered read, an O_DIRECT read or write on a block
-    /// device), and often hands it to an io-wq worker thread instead, two
-    /// thread switches on top of the call: a durable write (RWF_DSYNC, an
-    /// O_DSYNC descriptor), an fdatasync, a fallocate, a buffered read of
-    /// uncached data, any read on tmpfs. The thread would only wait for
-    /// it anyway. The call is the same system call with the same flags, so
-    /// what is durable at completion does not change. Measured with
-    /// `ferrite bench --io-path`: see docs/io-engines.md.
-    fn held_when_alone(&self, op: &HostOp) -> bool {
-        !self.runs_inline(op)
     }
 
     /// Puts `entry` on the submission ring (handing a full ring to the
@@ -182,7 +166,18 @@ impl Engine for UringEngine {
             // valid and untouched by anyone else during the call.
             return Ok(Pushed::Done(unsafe { run_now(self.data.fd, op) }));
         }
-        if self.in_ring == 0 && self.held.is_none() && self.held_when_alone(&op) {
+        // Alone, it waits to see whether it stays alone; then `kick` makes
+        // the call on this thread. Alone, the ring can at best make the
+        // same system call inline in `io_uring_enter` (a cached buffered
+        // read, an O_DIRECT read or write on a block device), and often
+        // hands it to an io-wq worker thread instead, two thread switches
+        // on top of the call: a durable write (RWF_DSYNC, an O_DSYNC
+        // descriptor), an fdatasync, a fallocate, a buffered read of
+        // uncached data. The thread would only wait for it anyway. The
+        // call is the same system call with the same flags, so what is
+        // durable at completion does not change. Measured with `ferrite
+        // bench --io-path`: see docs/io-engines.md.
+        if self.in_ring == 0 && self.held.is_none() {
             self.held = Some((op, tag));
             return Ok(Pushed::Queued);
         }
@@ -256,7 +251,8 @@ mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
 
-    /// A write that only `runs_inline` and `held_when_alone` look at.
+    /// A write that names no bytes: pushed, held and never run, or run
+    /// at once as a zero-length write.
     fn null_write(dsync: bool) -> HostOp {
         HostOp::Writev {
             iov: std::ptr::null(),
@@ -377,14 +373,25 @@ mod tests {
             mode: 0,
         };
         for page_cache in [false, true] {
-            let Some(e) = engine(&f, &efd, page_cache, false) else {
+            let Some(mut e) = engine(&f, &efd, page_cache, false) else {
                 return;
             };
-            assert_eq!(e.held_when_alone(&write(false)), !page_cache);
-            assert!(e.held_when_alone(&write(true)));
-            assert!(e.held_when_alone(&HostOp::Fdatasync));
-            assert!(e.held_when_alone(&read));
-            assert!(e.held_when_alone(&discard));
+            // Pushed alone, each is held (taken back here, never run), but
+            // for the page-cache write, which runs at once.
+            let mut held = |op: HostOp| {
+                // SAFETY: a held operation is taken back unrun; the one that
+                // runs at once is a write of no bytes.
+                let pushed = unsafe { e.push(op, 1) }.expect("push");
+                assert_eq!(e.in_ring, 0, "{op:?} went to the ring");
+                let held = e.held.take().is_some();
+                assert_eq!(held, matches!(pushed, Pushed::Queued), "{op:?}");
+                held
+            };
+            assert_eq!(held(write(false)), !page_cache);
+            assert!(held(write(true)));
+            assert!(held(HostOp::Fdatasync));
+            assert!(held(read));
+            assert!(held(discard));
         }
     }
 

@@ -30,25 +30,15 @@ pub const SAMPLE_EVERY: Duration = Duration::from_millis(20);
 
 const LOADAVG: &str = "/proc/loadavg";
 
-/// The last verdict, readable without the sampler's lock.
-static CONTENDED: AtomicBool = AtomicBool::new(false);
-static SAMPLER: Mutex<Option<Sampler>> = Mutex::new(None);
-/// When the next sample is due, in nanoseconds since [`EPOCH`]. Spinners
-/// on two cores (the device's thread and a polling driver) ask once per
-/// request each; with only loads between samples the lines stay shared
-/// in both caches, where a lock taken per call moved one of them between
-/// the cores every request.
-static NEXT_SAMPLE_NS: AtomicU64 = AtomicU64::new(0);
-static EPOCH: OnceLock<Instant> = OnceLock::new();
+/// The process's one verdict, shared by every spinner.
+static CONTENTION: Contention = Contention::new();
 
 /// Opens `/proc/loadavg` and counts the CPUs, once per process. Call it
 /// before the thread that spins is confined: its seccomp filter and
 /// Landlock rules refuse both the open and the CPU count afterwards
 /// (reading the open file stays allowed).
 pub fn prepare() {
-    let mut sampler = SAMPLER.lock().unwrap_or_else(|p| p.into_inner());
-    sampler.get_or_insert_with(|| Sampler::open(LOADAVG, online_cpus()));
-    EPOCH.get_or_init(Instant::now);
+    CONTENTION.prepare(|| Sampler::open(LOADAVG, online_cpus()));
 }
 
 /// Whether, at the last sample before `now`, more tasks were runnable
@@ -57,24 +47,58 @@ pub fn prepare() {
 /// check): a spinner never opens the file itself, since its thread may be
 /// confined.
 pub fn cpu_contended(now: Instant) -> bool {
-    if let Some(epoch) = EPOCH.get() {
-        let at =
-            u64::try_from(now.saturating_duration_since(*epoch).as_nanos()).unwrap_or(u64::MAX);
-        // try_lock: a spinner never waits for another spinner's sample; it
-        // takes the last verdict instead.
-        if at >= NEXT_SAMPLE_NS.load(Ordering::Relaxed) {
-            if let Ok(mut sampler) = SAMPLER.try_lock() {
-                NEXT_SAMPLE_NS.store(
-                    at.saturating_add(SAMPLE_EVERY.as_nanos() as u64),
-                    Ordering::Relaxed,
-                );
-                if let Some(verdict) = sampler.as_mut().and_then(|s| s.refresh(now)) {
-                    CONTENDED.store(verdict, Ordering::Relaxed);
+    CONTENTION.check(now)
+}
+
+/// The last verdict and when the next sample is due. Spinners on two
+/// cores (the device's thread and a polling driver) ask once per request
+/// each; between samples they only load two atomics, so the lines stay
+/// shared in both caches (a lock taken per call moved one of them between
+/// the cores every request).
+struct Contention {
+    /// Set by `prepare`: the origin of `next_sample_ns`.
+    epoch: OnceLock<Instant>,
+    next_sample_ns: AtomicU64,
+    contended: AtomicBool,
+    sampler: Mutex<Option<Sampler>>,
+}
+
+impl Contention {
+    const fn new() -> Contention {
+        Contention {
+            epoch: OnceLock::new(),
+            next_sample_ns: AtomicU64::new(0),
+            contended: AtomicBool::new(false),
+            sampler: Mutex::new(None),
+        }
+    }
+
+    fn prepare(&self, open: impl FnOnce() -> Sampler) {
+        let mut sampler = self.sampler.lock().unwrap_or_else(|p| p.into_inner());
+        sampler.get_or_insert_with(open);
+        self.epoch.get_or_init(Instant::now);
+    }
+
+    fn check(&self, now: Instant) -> bool {
+        if let Some(epoch) = self.epoch.get() {
+            let at =
+                u64::try_from(now.saturating_duration_since(*epoch).as_nanos()).unwrap_or(u64::MAX);
+            // try_lock: a spinner never waits for another spinner's sample;
+            // it takes the last verdict instead.
+            if at >= self.next_sample_ns.load(Ordering::Relaxed) {
+                if let Ok(sampler) = self.sampler.try_lock() {
+                    self.next_sample_ns.store(
+                        at.saturating_add(SAMPLE_EVERY.as_nanos() as u64),
+                        Ordering::Relaxed,
+                    );
+                    if let Some(verdict) = sampler.as_ref().and_then(Sampler::sample) {
+                        self.contended.store(verdict, Ordering::Relaxed);
+                    }
                 }
             }
         }
+        self.contended.load(Ordering::Relaxed)
     }
-    CONTENDED.load(Ordering::Relaxed)
 }
 
 fn online_cpus() -> u64 {
@@ -87,7 +111,6 @@ fn online_cpus() -> u64 {
 struct Sampler {
     file: Option<File>,
     cpus: u64,
-    last: Option<Instant>,
 }
 
 impl Sampler {
@@ -95,19 +118,11 @@ impl Sampler {
         Sampler {
             file: File::open(path).ok(),
             cpus,
-            last: None,
         }
     }
 
-    /// A new verdict if a sample period has passed since the last one.
-    fn refresh(&mut self, now: Instant) -> Option<bool> {
-        if self
-            .last
-            .is_some_and(|at| now.duration_since(at) < SAMPLE_EVERY)
-        {
-            return None;
-        }
-        self.last = Some(now);
+    /// The verdict now; None if the count cannot be read.
+    fn sample(&self) -> Option<bool> {
         let file = self.file.as_ref()?;
         let mut buf = [0u8; 128];
         let n = file.read_at(&mut buf, 0).ok()?;
@@ -143,23 +158,23 @@ mod tests {
             std::fs::write(&path, format!("1.00 1.00 1.00 {running}/200 999\n")).unwrap()
         };
         write(2);
-        let mut s = Sampler::open(path.to_str().unwrap(), 2);
+        let c = Contention::new();
+        assert!(!c.check(Instant::now()), "before prepare: never contended");
+        c.prepare(|| Sampler::open(path.to_str().unwrap(), 2));
         let t0 = Instant::now();
-        assert_eq!(s.refresh(t0), Some(false), "as many as the CPUs: calm");
+        assert!(!c.check(t0), "as many as the CPUs: calm");
         write(3);
-        assert_eq!(s.refresh(t0 + Duration::from_millis(5)), None, "too soon");
-        assert_eq!(
-            s.refresh(t0 + SAMPLE_EVERY),
-            Some(true),
-            "one more: contended"
+        assert!(
+            !c.check(t0 + Duration::from_millis(5)),
+            "too soon: the last verdict stands"
         );
+        assert!(c.check(t0 + SAMPLE_EVERY), "one more: contended");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn without_the_count_nothing_is_contended() {
-        let mut s = Sampler::open("/nonexistent/loadavg", 2);
-        assert_eq!(s.refresh(Instant::now()), None);
+        assert_eq!(Sampler::open("/nonexistent/loadavg", 2).sample(), None);
     }
 
     #[test]

@@ -487,23 +487,13 @@ impl Streams {
     }
 
     /// Readable bytes after the 16-byte header.
-    fn readable_data(&self) -> Vec<GuestRange> {
-        sub_ranges(&self.readable, u64::from(HEADER_LEN), 0).collect()
+    fn readable_data(&self) -> impl Iterator<Item = GuestRange> + '_ {
+        sub_ranges(&self.readable, u64::from(HEADER_LEN), 0)
     }
 
     /// Writable bytes before the status byte.
-    fn writable_data(&self) -> Vec<GuestRange> {
-        sub_ranges(&self.writable, 0, 1).collect()
-    }
-
-    /// The first readable byte after the header, if any.
-    fn first_readable_data(&self) -> Option<GuestRange> {
-        sub_ranges(&self.readable, u64::from(HEADER_LEN), 0).next()
-    }
-
-    /// The first writable byte before the status byte, if any.
-    fn first_writable_data(&self) -> Option<GuestRange> {
-        sub_ranges(&self.writable, 0, 1).next()
+    fn writable_data(&self) -> impl Iterator<Item = GuestRange> + '_ {
+        sub_ranges(&self.writable, 0, 1)
     }
 }
 
@@ -549,7 +539,7 @@ fn parse_streams(
     match request_type {
         VIRTIO_BLK_T_IN => {
             // §5.2.6: IN data is device-writable.
-            let data = only(streams.writable_data(), streams.first_readable_data(), true)?;
+            let data = only(streams.writable_data(), streams.readable_data(), true)?;
             check_rw(sector, &data, limits)?;
             Ok(RequestKind::Read { sector, data })
         }
@@ -560,18 +550,14 @@ fn parse_streams(
                 return Err(RequestError::ReadOnly);
             }
             // §5.2.6: OUT data is device-readable.
-            let data = only(
-                streams.readable_data(),
-                streams.first_writable_data(),
-                false,
-            )?;
+            let data = only(streams.readable_data(), streams.writable_data(), false)?;
             check_rw(sector, &data, limits)?;
             Ok(RequestKind::Write { sector, data })
         }
         // Flush carries no data (§5.2.6); stray buffers are not touched.
         VIRTIO_BLK_T_FLUSH => Ok(RequestKind::Flush),
         VIRTIO_BLK_T_GET_ID => Ok(RequestKind::GetId {
-            data: only(streams.writable_data(), streams.first_readable_data(), true)?,
+            data: only(streams.writable_data(), streams.readable_data(), true)?,
         }),
         VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
             parse_zeroing(request_type, streams, mem, limits)
@@ -586,8 +572,8 @@ fn parse_streams(
 /// device MUST NOT write a device-readable buffer, and SHOULD NOT read a
 /// device-writable one; §5.2.6 gives each request type one direction.
 fn only(
-    data: Vec<GuestRange>,
-    stray: Option<GuestRange>,
+    data: impl Iterator<Item = GuestRange>,
+    mut stray: impl Iterator<Item = GuestRange>,
     writable: bool,
 ) -> Result<Vec<GuestRange>, RequestError> {
     let name = |w: bool| {
@@ -597,15 +583,16 @@ fn only(
             "device-readable"
         }
     };
-    match stray {
+    match stray.next() {
         Some(r) => Err(RequestError::DataDirection {
             addr: r.addr.0,
             found: name(!writable),
             wanted: name(writable),
         }),
-        None => Ok(data),
+        None => Ok(data.collect()),
     }
 }
+
 /// §5.2.6.1: IN/OUT data is a multiple of 512 bytes and MUST NOT reach past
 /// the capacity; the device answers a violation with IOERR.
 fn check_rw(sector: u64, data: &[GuestRange], limits: &DiskLimits) -> Result<(), RequestError> {
@@ -650,11 +637,7 @@ fn parse_zeroing(
         return Err(RequestError::Unsupported(request_type));
     }
     // §5.2.6: the segments are device-readable.
-    let data = &only(
-        streams.readable_data(),
-        streams.first_writable_data(),
-        false,
-    )?;
+    let data = &only(streams.readable_data(), streams.writable_data(), false)?;
     let raw = first_segment(data, mem, limits)?;
     let sector = u64::from_le_bytes([
         raw[0], raw[1], raw[2], raw[3], raw[4], raw[5], raw[6], raw[7],

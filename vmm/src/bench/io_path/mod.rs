@@ -143,9 +143,12 @@ fn medians(samples: &[Sample]) -> Sample {
         driver_us: m(|s| s.driver_us),
         device_us: m(|s| s.device_us),
         stages: std::array::from_fn(|i| {
-            let mut v: Vec<u64> = samples.iter().filter_map(|s| s.stages[i]).collect();
-            v.sort_unstable();
-            v.get(v.len() / 2).copied()
+            let ns: Vec<f64> = samples
+                .iter()
+                .filter_map(|s| s.stages[i])
+                .map(|n| n as f64)
+                .collect();
+            median(&ns).map(|m| m as u64)
         }),
     }
 }
