@@ -115,6 +115,22 @@ impl UringEngine {
             || (self.data.page_cache && matches!(op, HostOp::Writev { dsync: false, .. }))
     }
 
+    /// Whether each operation goes to the kernel as it is pushed, rather
+    /// than the batch at `kick`: on an `O_DIRECT` descriptor. There every
+    /// read and write goes to the device, which starts on it as soon as
+    /// the kernel passes it on; a batch handed over at its end keeps the
+    /// device idle while the thread parses the rest, and a virtual disk
+    /// that takes requests in bursts answers in bursts, so the queue runs
+    /// in lock-step. Traced with `perf` on this project's host (QD32
+    /// `O_DIRECT` writes, `ferrite bench --io-path --dir /var/tmp`): 32
+    /// completions per interrupt, every time, 353 µs between interrupts
+    /// against fio's 180 µs. One `io_uring_enter` per request costs more
+    /// CPU than one per batch, so a page-cache descriptor, whose reads
+    /// mostly complete inside the call, keeps the batch.
+    fn hands_over_each(&self) -> bool {
+        !self.data.page_cache
+    }
+
     fn entry(op: HostOp) -> squeue::Entry {
         match op {
             HostOp::Readv { iov, count, offset } => {
@@ -187,6 +203,11 @@ impl Engine for UringEngine {
             self.push_entry(&Self::entry(h).user_data(htag))?;
         }
         self.push_entry(&Self::entry(op).user_data(tag))?;
+        if self.hands_over_each() {
+            // A failed submission leaves the entries on the ring; `kick`
+            // tries again and reports the error.
+            let _ = self.submit(0);
+        }
         Ok(Pushed::Queued)
     }
 
@@ -353,6 +374,44 @@ mod tests {
         use std::os::unix::fs::FileExt;
         f.read_exact_at(&mut back, 0).expect("read");
         assert!(back[..512].iter().all(|&b| b == 1) && back[512..].iter().all(|&b| b == 2));
+    }
+
+    #[test]
+    fn direct_io_goes_to_the_kernel_at_each_push_and_page_cache_io_at_kick() {
+        let Ok(efd) = EventFd::new(libc::EFD_NONBLOCK) else {
+            return;
+        };
+        let f = tempfile::tempfile().expect("temp");
+        for page_cache in [false, true] {
+            let Some(mut e) = engine(&f, &efd, page_cache, false) else {
+                return;
+            };
+            // Two durable zero-length writes: neither is held once both
+            // are pushed, nor run on this thread.
+            for tag in 0..2 {
+                // SAFETY: the writes name no memory.
+                let pushed = unsafe { e.push(null_write(true), tag) };
+                assert_eq!(pushed.ok(), Some(Pushed::Queued));
+            }
+            assert_eq!(e.in_ring, 2);
+            assert_eq!(
+                e.ring.submission().is_empty(),
+                !page_cache,
+                "page_cache={page_cache}"
+            );
+            e.kick().expect("kick");
+            assert!(e.ring.submission().is_empty());
+            let mut out = Vec::new();
+            while out.len() < 2 {
+                e.wait().expect("wait");
+                e.reap(&mut out);
+            }
+            out.sort_by_key(|c| c.tag);
+            assert_eq!(
+                out.iter().map(|c| (c.tag, c.res)).collect::<Vec<_>>(),
+                [(0, 0), (1, 0)]
+            );
+        }
     }
 
     #[test]
