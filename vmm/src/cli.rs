@@ -39,6 +39,10 @@ Adds a virtio-blk disk (repeatable; the first is /dev/vda), with QEMU's -drive s
                   A held request is retried every second, and at once on SIGUSR1 to ferrite;
                   later flushes and writes to the same blocks wait behind it. One line on
                   stderr says when a disk stops and when it resumes.
+  iothread-cpus=LIST      host CPUs the disk's I/O thread may run on: a CPU or a range
+                          (1, 0-3); repeat the option or join with ':' for more (0-1:3).
+                          Put it on the CPU that takes the disk's interrupts (see
+                          /proc/interrupts): woken elsewhere, it waits for an idle CPU
   format=raw              the only format supported";
 
 const AFTER_HELP: &str = "\

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use block::{CacheMode, CacheSwitches, DiskConfig, EngineKind, ErrorPolicy};
+use devices::virtio::block::{CpuList, CpuListError};
 
 /// Longest drive serial: virtio-blk's GET_ID returns 20 bytes.
 pub const MAX_SERIAL_LEN: usize = 20;
@@ -28,6 +29,8 @@ pub struct DriveConfig {
     pub record: Option<PathBuf>,
     /// `werror=` and `rerror=` (QEMU's defaults: enospc, report).
     pub errors: ErrorPolicy,
+    /// `iothread-cpus=`: the host CPUs the disk's I/O thread may run on.
+    pub iothread_cpus: Option<CpuList>,
 }
 
 impl DriveConfig {
@@ -52,7 +55,7 @@ pub enum DriveError {
     #[error("drive option {0:?} is not key=value")]
     NotKeyValue(String),
     /// A key this VMM does not know.
-    #[error("unknown drive option {0:?} (known: file, cache, cache.writeback, cache.direct, cache.no-flush, readonly, snapshot, serial, aio, werror, rerror, format, if)")]
+    #[error("unknown drive option {0:?} (known: file, cache, cache.writeback, cache.direct, cache.no-flush, readonly, snapshot, serial, aio, werror, rerror, iothread-cpus, format, if)")]
     UnknownKey(String),
     /// A bad `cache=`.
     #[error(transparent)]
@@ -91,6 +94,9 @@ pub enum DriveError {
     /// `file=` with nothing after it.
     #[error("drive file name is empty")]
     EmptyFile,
+    /// A bad `iothread-cpus=`.
+    #[error("iothread-cpus: {0}")]
+    IothreadCpus(#[from] CpuListError),
 }
 
 /// Splits a QEMU option string at single commas; `,,` stands for a comma
@@ -130,7 +136,8 @@ fn parse_bool(key: &str, value: &str) -> Result<bool, DriveError> {
 
 /// Parses one `--drive` value. As in QEMU, `cache=` sets the three
 /// switches and explicit `cache.writeback`/`cache.direct`/`cache.no-flush`
-/// override them whatever their order; a later duplicate key wins.
+/// override them whatever their order; a later duplicate key wins, except
+/// `iothread-cpus=`, which adds to the list as QEMU's `cpus=` does.
 pub fn parse_drive(s: &str) -> Result<DriveConfig, DriveError> {
     let mut path = None;
     let mut mode = CacheMode::default();
@@ -140,6 +147,7 @@ pub fn parse_drive(s: &str) -> Result<DriveConfig, DriveError> {
     let mut engine = None;
     let mut snapshot = false;
     let mut errors = ErrorPolicy::QEMU;
+    let mut iothread_cpus: Option<CpuList> = None;
     for item in split_options(s) {
         if item.is_empty() {
             continue;
@@ -181,6 +189,13 @@ pub fn parse_drive(s: &str) -> Result<DriveConfig, DriveError> {
                     other => return Err(DriveError::Aio(other.to_string())),
                 })
             }
+            "iothread-cpus" => {
+                let list: CpuList = value.parse()?;
+                let all = iothread_cpus.get_or_insert_with(CpuList::default);
+                for cpu in list.cpus() {
+                    all.add(&cpu.to_string())?;
+                }
+            }
             "format" if value == "raw" => {}
             "format" => return Err(DriveError::Format(value.to_string())),
             "if" if value == "virtio" => {}
@@ -207,6 +222,7 @@ pub fn parse_drive(s: &str) -> Result<DriveConfig, DriveError> {
         snapshot,
         record: None,
         errors,
+        iothread_cpus,
     })
 }
 
@@ -266,6 +282,21 @@ mod tests {
             parse_drive("file=a,aio=io_uring").unwrap().engine,
             Some(EngineKind::IoUring)
         );
+    }
+
+    #[test]
+    fn iothread_cpus_add_up_as_qemu_cpus_do() {
+        let d = parse_drive("file=a,iothread-cpus=3,iothread-cpus=0-1:5").unwrap();
+        let cpus = d.iothread_cpus.expect("iothread-cpus");
+        assert_eq!(cpus.cpus(), [0, 1, 3, 5]);
+        assert_eq!(parse_drive("file=a").unwrap().iothread_cpus, None);
+        let e = parse_drive("file=a,iothread-cpus=2-1").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "iothread-cpus: CPU range \"2-1\" runs backwards"
+        );
+        let e = parse_drive("file=a,iothread-cpus=").unwrap_err();
+        assert!(matches!(e, DriveError::IothreadCpus(_)), "{e:?}");
     }
 
     #[test]

@@ -109,6 +109,7 @@ pub fn attach(
         name: format!("disk {}", slot.index),
         serial: drive.serial.clone(),
         thread_start: io_thread_start,
+        iothread_cpus: drive.iothread_cpus.clone(),
         ..BlockOptions::default()
     };
     let device = BlockDevice::with_options(disk, opts).map_err(|source| DiskError::Device {

@@ -57,6 +57,8 @@ fn malformed_arguments_fail_with_one_line() {
     let img = img.to_str().unwrap();
     let same = format!("file={img}");
     let via_dot = format!("file={}/./disk.img", dir.path().display());
+    // The last CPU an affinity mask can name: not one this machine has.
+    let pinned_nowhere = format!("file={img},iothread-cpus=1023");
     let cases = vec![
         case("no arguments", &[], 2, "--kernel"),
         case(
@@ -138,6 +140,18 @@ fn malformed_arguments_fail_with_one_line() {
             &["--kernel", good, "--initrd", "/nonexistent/initrd"],
             1,
             "/nonexistent/initrd",
+        ),
+        case(
+            "backwards iothread-cpus",
+            &["--kernel", k, "--drive", "file=x,iothread-cpus=3-1"],
+            2,
+            "runs backwards",
+        ),
+        case(
+            "iothread on a CPU the process may not use",
+            &["--kernel", good, "--drive", &pinned_nowhere],
+            1,
+            "cannot run the virtio-blk I/O thread on CPUs 1023",
         ),
     ];
     for c in &cases {

@@ -9,7 +9,7 @@ use block::{BlockError, CacheMode, Disk, DiskConfig, EngineKind};
 use devices::bus::SharedDevice;
 use devices::interrupt::CountingInterrupt;
 use devices::virtio::block::{
-    BlockDevice, BlockHandle, BlockOptions, BlockReport, DEFAULT_POLL_MAX,
+    BlockDevice, BlockHandle, BlockOptions, BlockReport, CpuList, DEFAULT_POLL_MAX,
 };
 use devices::virtio::mmio::MmioTransport;
 use devices::virtio::test_utils::{BlkRequest, Driver};
@@ -61,6 +61,8 @@ pub struct Opts {
     pub block_size: u32,
     /// `BlockOptions::inline`: no I/O thread.
     pub inline: bool,
+    /// `BlockOptions::iothread_cpus`.
+    pub iothread_cpus: Option<CpuList>,
 }
 
 impl Default for Opts {
@@ -75,6 +77,7 @@ impl Default for Opts {
             poll_yields: true,
             block_size: 512,
             inline: false,
+            iothread_cpus: None,
         }
     }
 }
@@ -120,6 +123,7 @@ pub fn rig(opts: Opts) -> Option<Rig> {
             poll_max: opts.poll_max,
             inline: opts.inline,
             poll_yields: opts.poll_yields,
+            iothread_cpus: opts.iothread_cpus,
             ..BlockOptions::default()
         },
     )

@@ -2,6 +2,7 @@
 //! built in it by a driver simulator, registers written through the MMIO
 //! transport, a real image file behind the device.
 
+mod affinity;
 mod cache;
 mod common;
 mod fuzz;

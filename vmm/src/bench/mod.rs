@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use block::{CacheMode, EngineKind};
 use clap::Args;
+use devices::virtio::block::CpuList;
 
 use io_path::driver::WaitMode;
 use io_path::target::Device;
@@ -116,6 +117,11 @@ pub struct BenchArgs {
     /// does on a contended host).
     #[arg(long)]
     pub poll_keep: bool,
+    /// Host CPUs the disk's I/O thread may run on, as `--drive
+    /// iothread-cpus=` takes them (--io-path; for example the CPU that
+    /// takes the disk's interrupts, from /proc/interrupts) [default: any].
+    #[arg(long, value_name = "LIST")]
+    pub iothread_cpus: Option<CpuList>,
     /// Scratch image for the probe guest [default: a temporary file in the
     /// scratch directory]; must not exist: created at --size (at most 1G),
     /// written over, then removed.
@@ -200,6 +206,7 @@ fn io_path_config(args: &BenchArgs) -> Result<IoPathConfig, BenchError> {
         wait: args.wait,
         poll_max: Duration::from_micros(args.poll_us),
         poll_yields: !args.poll_keep,
+        iothread_cpus: args.iothread_cpus.clone(),
     })
 }
 

@@ -206,6 +206,7 @@ fn demo(args: &DemoArgs) -> Result<i32, DemoError> {
                         snapshot: false,
                         record: None,
                         errors: block::ErrorPolicy::QEMU,
+                        iothread_cpus: None,
                     },
                     name,
                 })

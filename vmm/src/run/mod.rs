@@ -429,6 +429,7 @@ fn throwaway_drive(path: PathBuf) -> DriveConfig {
         snapshot: false,
         record: None,
         errors: block::ErrorPolicy::QEMU,
+        iothread_cpus: None,
     }
 }
 

@@ -17,9 +17,10 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::affinity::CpuList;
 pub use super::error::{BlockDeviceError, StartHookError, ThreadStart};
 use super::handle::BlockHandle;
-use super::io_thread::{Control, Worker};
+use super::io_thread::{Control, ThreadSetup, Worker};
 use super::metrics::{BlockReport, Identity};
 use super::poll::{PollWindow, DEFAULT_POLL_MAX};
 use super::request::{id_bytes, DiskLimits, SECTOR_SIZE};
@@ -151,6 +152,9 @@ pub struct BlockOptions {
     /// The I/O thread offers its CPU to other runnable tasks every few
     /// microseconds while it spins (see [`crate::virtio::block::poll::Spin`]).
     pub poll_yields: bool,
+    /// The host CPUs the I/O thread may run on (`iothread-cpus=`; see
+    /// [`crate::virtio::block::affinity`]); None leaves it to the scheduler.
+    pub iothread_cpus: Option<CpuList>,
 }
 
 impl Default for BlockOptions {
@@ -162,6 +166,7 @@ impl Default for BlockOptions {
             name: "disk".into(),
             inline: false,
             poll_yields: true,
+            iothread_cpus: None,
         }
     }
 }
@@ -211,13 +216,14 @@ impl BlockDevice {
             limits,
             id,
             identity,
-            (!opts.inline).then_some((
-                opts.thread_start,
-                PollWindow {
+            (!opts.inline).then_some(ThreadSetup {
+                cpus: opts.iothread_cpus,
+                start: opts.thread_start,
+                poll: PollWindow {
                     max: opts.poll_max,
                     yields: opts.poll_yields,
                 },
-            )),
+            }),
         )?;
         Ok(BlockDevice {
             features,

@@ -26,6 +26,14 @@ pub enum BlockDeviceError {
     /// The I/O thread's start hook failed (e.g. its seccomp filter).
     #[error("the virtio-blk I/O thread's start hook failed: {0}")]
     ThreadStart(#[source] StartHookError),
+    /// The I/O thread could not be confined to `iothread-cpus`.
+    #[error("cannot run the virtio-blk I/O thread on CPUs {cpus}: {source}")]
+    Affinity {
+        /// The CPUs asked for.
+        cpus: String,
+        /// What the kernel said (EINVAL: none of them is online and allowed).
+        source: nix::errno::Errno,
+    },
     /// The I/O thread ended before it said whether it started.
     #[error("the virtio-blk I/O thread died while starting")]
     ThreadDied,

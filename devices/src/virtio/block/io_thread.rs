@@ -28,6 +28,7 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
+use super::affinity::CpuList;
 use super::poll::{PollWindow, Spin};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -72,6 +73,18 @@ pub(crate) enum Control {
     Stop,
 }
 
+/// How the I/O thread starts: where it may run, what runs on it first,
+/// and how long it spins for work before it sleeps.
+pub(crate) struct ThreadSetup {
+    /// The host CPUs it may run on; None leaves it to the scheduler.
+    pub cpus: Option<CpuList>,
+    /// Runs after the thread is confined to `cpus`, before it serves
+    /// anything (the VMM's seccomp filter).
+    pub start: Option<ThreadStart>,
+    /// Its poll window.
+    pub poll: PollWindow,
+}
+
 fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -89,16 +102,15 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
-    /// Starts the I/O thread for `disk` with its start hook and poll
-    /// window, or with `thread` None serves it inline (see
-    /// `BlockOptions::inline`).
+    /// Starts the I/O thread for `disk` as `thread` says, or with `thread`
+    /// None serves it inline (see `BlockOptions::inline`).
     pub(crate) fn spawn(
         disk: Disk,
         notify: &EventFd,
         limits: DiskLimits,
         id: [u8; ID_BYTES],
         identity: Identity,
-        thread: Option<(Option<ThreadStart>, PollWindow)>,
+        thread: Option<ThreadSetup>,
     ) -> Result<Arc<Worker>, BlockDeviceError> {
         // Inline, nothing spins: the caller's thread runs the work.
         let poll = thread.as_ref().map_or(
@@ -106,7 +118,7 @@ impl Worker {
                 max: Duration::ZERO,
                 yields: false,
             },
-            |t| t.1,
+            |t| t.poll,
         );
         let ev = BlockDeviceError::Events;
         let wake = EventFd::new(libc::EFD_NONBLOCK).map_err(ev)?;
@@ -157,7 +169,7 @@ impl Worker {
             stopped: false,
         };
         let (thread, inline) = match thread {
-            Some((start, _)) => (Some(start_thread(io, start)?), None),
+            Some(setup) => (Some(start_thread(io, setup)?), None),
             None => {
                 io.prepare();
                 (None, Some(Mutex::new(io)))
@@ -236,18 +248,28 @@ impl Worker {
     }
 }
 
-/// Starts `io` on a thread of its own once `start` has run there; fails
-/// if the hook fails. The hook runs before the thread touches anything the
-/// guest sends.
-fn start_thread(
-    io: IoThread,
-    start: Option<ThreadStart>,
-) -> Result<JoinHandle<()>, BlockDeviceError> {
+/// Starts `io` on a thread of its own, confined to `setup.cpus`, once
+/// `setup.start` has run there; fails if either fails. Both happen before
+/// the thread touches anything the guest sends, and the confinement first,
+/// so that a seccomp filter installed by the hook need not allow it.
+fn start_thread(io: IoThread, setup: ThreadSetup) -> Result<JoinHandle<()>, BlockDeviceError> {
     let (started_tx, started) = mpsc::channel();
+    let ThreadSetup { cpus, start, .. } = setup;
     let thread = std::thread::Builder::new()
         .name("ferrite-blk".into())
         .spawn(move || {
-            let ok = start.map_or(Ok(()), |start| start());
+            let pinned = cpus.map_or(Ok(()), |cpus| {
+                cpus.pin_this_thread()
+                    .map_err(|source| BlockDeviceError::Affinity {
+                        cpus: cpus.to_string(),
+                        source,
+                    })
+            });
+            let ok = pinned.and_then(|()| {
+                start.map_or(Ok(()), |start| {
+                    start().map_err(BlockDeviceError::ThreadStart)
+                })
+            });
             let go = ok.is_ok();
             let _ = started_tx.send(ok);
             if go {
@@ -256,8 +278,7 @@ fn start_thread(
         })
         .map_err(BlockDeviceError::Spawn)?;
     match started.recv() {
-        Ok(Ok(())) => Ok(thread),
-        Ok(Err(why)) => Err(BlockDeviceError::ThreadStart(why)),
+        Ok(result) => result.map(|()| thread),
         Err(_) => Err(BlockDeviceError::ThreadDied),
     }
 }

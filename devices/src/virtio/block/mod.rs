@@ -8,6 +8,7 @@
 //! - `io_thread`: the disk's own thread, which pops, holds the in-flight
 //!   slots, completes and interrupts;
 //! - [`poll`]: how long that thread spins for work before it sleeps;
+//! - [`affinity`]: the host CPUs that thread may run on;
 //! - [`metrics`]: the [`BlockReport`] of `--stats-json`;
 //! - `error`, `handle`: the errors and the VMM's [`BlockHandle`], apart so
 //!   that no two of these modules import each other.
@@ -25,6 +26,7 @@
 //! let report = handle.shutdown(); // serde::Serialize, see `metrics`
 //! ```
 
+pub mod affinity;
 pub mod contention;
 pub mod device;
 mod error;
@@ -35,6 +37,7 @@ pub mod poll;
 pub mod request;
 mod stall;
 
+pub use affinity::{CpuList, CpuListError};
 pub use device::{BlockDevice, BlockOptions};
 pub use error::{BlockDeviceError, StartHookError, ThreadStart};
 pub use handle::BlockHandle;

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use block::{stage_timing, CacheMode, Disk, DiskConfig, EngineKind};
-use devices::virtio::block::{BlockDevice, BlockOptions};
+use devices::virtio::block::{BlockDevice, BlockOptions, CpuList};
 
 use super::driver::{Done, Driver, ReqKind, WaitMode};
 use super::{BenchError, Sample, Workload};
@@ -30,6 +30,8 @@ pub struct RunConfig<'a> {
     pub poll_max: Duration,
     /// Whether spinning (device and driver) offers the CPU to other tasks.
     pub poll_yields: bool,
+    /// The host CPUs the disk's I/O thread may run on.
+    pub iothread_cpus: Option<&'a CpuList>,
 }
 
 /// xorshift64: cheap and good enough to spread offsets.
@@ -78,6 +80,7 @@ pub fn run(cfg: &RunConfig<'_>, wl: &Workload, seed: u64) -> Result<Sample, Benc
     let opts = BlockOptions {
         poll_max: cfg.poll_max,
         poll_yields: cfg.poll_yields,
+        iothread_cpus: cfg.iothread_cpus.cloned(),
         ..BlockOptions::default()
     };
     let device =

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use block::{stage_timing, CacheMode, EngineKind};
+use devices::virtio::block::CpuList;
 
 use super::stats::median;
 use driver::WaitMode;
@@ -195,6 +196,8 @@ pub struct IoPathConfig {
     pub poll_max: Duration,
     /// Whether spinning (device and driver) offers the CPU to other tasks.
     pub poll_yields: bool,
+    /// The host CPUs the disk's I/O thread may run on (`iothread-cpus=`).
+    pub iothread_cpus: Option<CpuList>,
 }
 
 /// Puts the image in the same state before every run, outside any timed
@@ -301,7 +304,7 @@ pub fn run(cfg: &IoPathConfig, out: &mut dyn Write) -> Result<Vec<String>, Bench
     wr(
         out,
         &format!(
-            "# io-path: image={} ({}) size={} runtime={}ms repeats={} wait={:?} poll={}us poll_yields={} (IOPS, latencies, CPU: medians of repeats; ratio = ferrite IOPS / fio IOPS, p99_ratio and added_*_us = ferrite - fio latency: medians over the repeats' pairs of adjacent runs)",
+            "# io-path: image={} ({}) size={} runtime={}ms repeats={} wait={:?} poll={}us poll_yields={} iothread_cpus={} (IOPS, latencies, CPU: medians of repeats; ratio = ferrite IOPS / fio IOPS, p99_ratio and added_*_us = ferrite - fio latency: medians over the repeats' pairs of adjacent runs)",
             path.display(),
             target.what,
             size,
@@ -310,6 +313,9 @@ pub fn run(cfg: &IoPathConfig, out: &mut dyn Write) -> Result<Vec<String>, Bench
             cfg.wait,
             cfg.poll_max.as_micros(),
             cfg.poll_yields,
+            cfg.iothread_cpus
+                .as_ref()
+                .map_or_else(|| "any".to_string(), CpuList::to_string),
         ),
     );
     // What no ring implementation can go below here (see floor.rs).
@@ -343,6 +349,7 @@ pub fn run(cfg: &IoPathConfig, out: &mut dyn Write) -> Result<Vec<String>, Bench
                     wait: cfg.wait,
                     poll_max: cfg.poll_max,
                     poll_yields: cfg.poll_yields,
+                    iothread_cpus: cfg.iothread_cpus.as_ref(),
                 };
                 let (mut fs, mut os) = (Vec::new(), Vec::new());
                 for r in 0..cfg.repeats {
