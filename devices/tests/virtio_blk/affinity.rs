@@ -100,6 +100,6 @@ fn cpus_it_cannot_run_on_fail_the_device_with_one_line() {
     assert!(matches!(e, BlockDeviceError::Affinity { .. }), "{e:?}");
     assert_eq!(
         e.to_string(),
-        format!("cannot run the virtio-blk I/O thread on CPUs {outside}: EINVAL: Invalid argument")
+        format!("cannot run the virtio-blk I/O thread on CPUs {outside}: Invalid argument (os error 22)")
     );
 }

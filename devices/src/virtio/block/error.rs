@@ -32,7 +32,7 @@ pub enum BlockDeviceError {
         /// The CPUs asked for.
         cpus: String,
         /// What the kernel said (EINVAL: none of them is online and allowed).
-        source: nix::errno::Errno,
+        source: std::io::Error,
     },
     /// The I/O thread ended before it said whether it started.
     #[error("the virtio-blk I/O thread died while starting")]
