@@ -147,7 +147,7 @@ pub struct BlockOptions {
     /// the end on the caller's thread. For harnesses that drive a device
     /// from one thread (the fuzzers: no hand-off between threads per input,
     /// and deterministic); never for a VM, whose vCPU must not wait for the
-    /// disk. `thread_start` and `poll_max` do not apply.
+    /// disk. `thread_start`, `poll_max` and `iothread_cpus` do not apply.
     pub inline: bool,
     /// The I/O thread offers its CPU to other runnable tasks every few
     /// microseconds while it spins (see [`crate::virtio::block::poll::Spin`]).
