@@ -145,29 +145,21 @@ fn paired(mut device: Vec<Marks>, driver: &[Marks]) -> Vec<Marks> {
     device
 }
 
-/// The median of each stage in ns ([`STAGE_NAMES`] order) over the rows
-/// with both driver marks; None for a stage no row has both ends of (the
+/// Each stage's length in ns, one per row with both driver marks
+/// ([`STAGE_NAMES`] order); empty for a stage no row has both ends of (the
 /// host-call stages when the kernel ran the call, from an io_uring ring).
-pub fn stage_medians(rows: &[Marks]) -> [Option<u64>; POINTS] {
-    let mut out = [None; POINTS];
-    for (stage, slot) in out.iter_mut().enumerate() {
+pub fn stage_spans(rows: &[Marks]) -> [Vec<u64>; POINTS] {
+    std::array::from_fn(|stage| {
         let (from, to) = if stage == POINTS - 1 {
             (0, POINTS - 1)
         } else {
             (stage, stage + 1)
         };
-        let mut spans: Vec<u64> = rows
-            .iter()
+        rows.iter()
             .filter(|r| r[0] != 0 && r[POINTS - 1] >= r[0])
             .filter_map(|r| span(r, from, to))
-            .collect();
-        if spans.is_empty() {
-            continue;
-        }
-        spans.sort_unstable();
-        *slot = Some(spans[spans.len() / 2]);
-    }
-    out
+            .collect()
+    })
 }
 
 /// `r[to] - r[from]`; None if either end is unmarked or out of order.
@@ -181,27 +173,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stages_are_medians_of_consecutive_marks() {
+    fn stages_are_spans_between_consecutive_marks() {
         let rows = [
             [100, 150, 300, 350, 1350, 1400, 1450, 1600],
             [200, 260, 400, 450, 1550, 1600, 1650, 1800],
             [300, 340, 500, 550, 1450, 1500, 1550, 1700],
         ];
-        let m = stage_medians(&rows);
-        assert_eq!(m[0], Some(50), "avail->seen");
-        assert_eq!(m[3], Some(1000), "hostcall");
-        assert_eq!(m[7], Some(1500), "total");
+        let s = stage_spans(&rows);
+        assert_eq!(s[0], [50, 60, 40], "avail->seen");
+        assert_eq!(s[3], [1000, 1100, 900], "hostcall");
+        assert_eq!(s[7], [1500, 1600, 1400], "total");
     }
 
     #[test]
     fn a_host_call_the_kernel_ran_leaves_its_stages_out() {
         let rows = [[100, 150, 300, 0, 0, 1400, 1450, 1600]];
-        let m = stage_medians(&rows);
-        assert_eq!(m[2], None);
-        assert_eq!(m[3], None);
-        assert_eq!(m[4], None);
-        assert_eq!(m[5], Some(50));
-        assert_eq!(m[7], Some(1500));
+        let s = stage_spans(&rows);
+        assert!(s[2].is_empty());
+        assert!(s[3].is_empty());
+        assert!(s[4].is_empty());
+        assert_eq!(s[5], [50]);
+        assert_eq!(s[7], [1500]);
     }
 
     #[test]

@@ -189,13 +189,9 @@ pub fn parse_drive(s: &str) -> Result<DriveConfig, DriveError> {
                     other => return Err(DriveError::Aio(other.to_string())),
                 })
             }
-            "iothread-cpus" => {
-                let list: CpuList = value.parse()?;
-                let all = iothread_cpus.get_or_insert_with(CpuList::default);
-                for cpu in list.cpus() {
-                    all.add(&cpu.to_string())?;
-                }
-            }
+            "iothread-cpus" => iothread_cpus
+                .get_or_insert_with(CpuList::default)
+                .add(value)?,
             "format" if value == "raw" => {}
             "format" => return Err(DriveError::Format(value.to_string())),
             "if" if value == "virtio" => {}

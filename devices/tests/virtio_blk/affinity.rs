@@ -3,17 +3,16 @@
 
 use block::{BlockError, CacheMode, Disk, DiskConfig};
 use devices::virtio::block::{BlockDevice, BlockDeviceError, BlockOptions, CpuList};
-use nix::sched::{sched_getaffinity, CpuSet};
-use nix::unistd::Pid;
+use nix::sched::CpuSet;
 
 use crate::common::*;
 
 /// The CPUs this process may run on.
 fn allowed() -> Vec<usize> {
-    let mask = sched_getaffinity(Pid::from_raw(0)).expect("sched_getaffinity");
-    (0..CpuSet::count())
-        .filter(|&c| mask.is_set(c).unwrap_or(false))
-        .collect()
+    CpuList::of_this_thread()
+        .expect("sched_getaffinity")
+        .cpus()
+        .to_vec()
 }
 
 /// `Cpus_allowed_list` of every thread of this process named `name`.

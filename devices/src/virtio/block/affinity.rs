@@ -13,9 +13,10 @@
 //! `<iothreadpin>`), and Cloud Hypervisor's disks take `queue_affinity`.
 
 use std::fmt;
+use std::io;
 use std::str::FromStr;
 
-use nix::sched::{sched_setaffinity, CpuSet};
+use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
 
 /// A set of host CPUs: numbers and ranges, as `taskset -c` and QEMU's
@@ -43,14 +44,30 @@ pub enum CpuListError {
         /// How many a mask holds.
         limit: usize,
     },
-    /// Nothing in it.
-    #[error("the CPU list is empty")]
-    Empty,
 }
 
 impl CpuList {
+    /// Adds CPUs (`3`) and ranges (`0-3`) separated by commas or colons:
+    /// `0-1,3` on a command line, `0-1:3` inside a `--drive` value, whose
+    /// commas separate options. An empty item is an error, so an empty
+    /// list is too.
+    pub fn add(&mut self, list: &str) -> Result<(), CpuListError> {
+        list.split([',', ':'])
+            .try_for_each(|item| self.add_item(item))
+    }
+
+    /// The CPUs this thread may run on now.
+    pub fn of_this_thread() -> io::Result<CpuList> {
+        let mask = sched_getaffinity(Pid::from_raw(0))?;
+        Ok(CpuList {
+            cpus: (0..CpuSet::count())
+                .filter(|&c| mask.is_set(c).unwrap_or(false))
+                .collect(),
+        })
+    }
+
     /// Adds one CPU (`3`) or range (`0-3`).
-    pub fn add(&mut self, item: &str) -> Result<(), CpuListError> {
+    fn add_item(&mut self, item: &str) -> Result<(), CpuListError> {
         let number = |s: &str| {
             s.trim()
                 .parse::<usize>()
@@ -83,29 +100,23 @@ impl CpuList {
 
     /// Confines the calling thread to these CPUs. Fails when none of them
     /// is online and allowed to this process (the kernel's EINVAL).
-    pub(crate) fn pin_this_thread(&self) -> nix::Result<()> {
+    pub(crate) fn pin_this_thread(&self) -> io::Result<()> {
         let mut set = CpuSet::new();
         for &cpu in &self.cpus {
             // `add` kept every CPU below `CpuSet::count()`.
             set.set(cpu)?;
         }
-        sched_setaffinity(Pid::from_raw(0), &set)
+        Ok(sched_setaffinity(Pid::from_raw(0), &set)?)
     }
 }
 
-/// Items separated by commas or colons: `0-1,3` on a command line,
-/// `0-1:3` inside a `--drive` value, whose commas separate options.
+/// As [`CpuList::add`] takes them.
 impl FromStr for CpuList {
     type Err = CpuListError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut list = CpuList::default();
-        for item in s.split([',', ':']) {
-            list.add(item)?;
-        }
-        if list.cpus.is_empty() {
-            return Err(CpuListError::Empty);
-        }
+        list.add(s)?;
         Ok(list)
     }
 }
@@ -159,20 +170,17 @@ mod tests {
 
     #[test]
     fn a_pinned_thread_runs_only_there() {
-        let first = nix::sched::sched_getaffinity(Pid::from_raw(0)).expect("affinity");
-        let Some(cpu) = (0..CpuSet::count()).find(|&c| first.is_set(c).unwrap_or(false)) else {
+        let here = CpuList::of_this_thread().expect("affinity");
+        let Some(&cpu) = here.cpus().first() else {
             panic!("this thread may run on no CPU");
         };
         let list: CpuList = cpu.to_string().parse().unwrap();
-        let mask = std::thread::spawn(move || {
+        let allowed = std::thread::spawn(move || {
             list.pin_this_thread().expect("pin");
-            nix::sched::sched_getaffinity(Pid::from_raw(0)).expect("affinity")
+            CpuList::of_this_thread().expect("affinity")
         })
         .join()
         .unwrap();
-        let allowed: Vec<usize> = (0..CpuSet::count())
-            .filter(|&c| mask.is_set(c).unwrap_or(false))
-            .collect();
-        assert_eq!(allowed, [cpu]);
+        assert_eq!(allowed.cpus(), [cpu]);
     }
 }

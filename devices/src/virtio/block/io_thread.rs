@@ -260,9 +260,9 @@ fn start_thread(io: IoThread, setup: ThreadSetup) -> Result<JoinHandle<()>, Bloc
         .spawn(move || {
             let pinned = cpus.map_or(Ok(()), |cpus| {
                 cpus.pin_this_thread()
-                    .map_err(|errno| BlockDeviceError::Affinity {
+                    .map_err(|source| BlockDeviceError::Affinity {
                         cpus: cpus.to_string(),
-                        source: errno.into(),
+                        source,
                     })
             });
             let ok = pinned.and_then(|()| {

@@ -169,7 +169,10 @@ pub fn run(cfg: &RunConfig<'_>, wl: &Workload, seed: u64) -> Result<Sample, Benc
         device_us: per_op(dev_cpu),
         // Rows pair up only when requests complete one at a time.
         stages: match (stage_timing::take(), wl.qd) {
-            (rows, 1) => stage_timing::stage_medians(&rows),
+            (rows, 1) => stage_timing::stage_spans(&rows).map(|spans| {
+                let ns: Vec<f64> = spans.iter().map(|&n| n as f64).collect();
+                stats::median(&ns).map(|m| m as u64)
+            }),
             _ => super::NO_STAGES,
         },
     })
