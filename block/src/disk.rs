@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::engine::{Engine, EngineKind, HostOp, Pushed, RawCompletion};
+use crate::engine::{DataFd, Engine, EngineKind, HostOp, Pushed, RawCompletion};
 use crate::inflight::{self, host_op, AlignedBuf, InFlight, IoVecs, Kind, Stage, Window};
 use crate::lifecycle::{step, Step};
 use crate::lock::ImageLock;
@@ -178,6 +178,16 @@ impl Disk {
     /// what a polling caller checks between its other work.
     pub fn has_completions(&mut self) -> bool {
         !self.ready.is_empty() || self.engine.has_completions()
+    }
+
+    /// Whether a host operation is in flight that the storage device
+    /// completes by itself (an `O_DIRECT` read or write on the io_uring
+    /// engine, without a sync per write): a caller that spins for its
+    /// completion takes no CPU from the work. Durable writes, flushes and
+    /// cache misses are carried by kernel or ferrite worker threads, which
+    /// a spinning caller would compete with.
+    pub fn awaits_device(&self) -> bool {
+        self.engine.awaits_device()
     }
 
     /// Signals the eventfd unless this side already did since it was last
@@ -677,9 +687,14 @@ fn seg_total(segments: &[crate::Segment]) -> u64 {
     segments.iter().map(|s| s.len as u64).sum()
 }
 
-/// Whether a write on the data descriptor only fills the page cache.
-fn page_cache(cache: CacheMode, fd_dsync: bool) -> bool {
-    !cache.direct() && !fd_dsync
+/// What the engine is told about the data descriptor `fd`.
+fn data_fd(fd: std::os::fd::RawFd, cache: CacheMode, fd_dsync: bool, worker_only: bool) -> DataFd {
+    DataFd {
+        fd,
+        direct: cache.direct(),
+        dsync: fd_dsync,
+        worker_only,
+    }
 }
 
 /// Whether the data descriptor carries O_DSYNC for this mode and WCE.

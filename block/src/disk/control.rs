@@ -8,8 +8,8 @@ use std::path::Path;
 
 use vmm_sys_util::eventfd::EventFd;
 
-use super::{dsync_fd, page_cache, Disk, DiskConfig, BOUNCE_CHUNK, QUEUE_DEPTH};
-use crate::engine::{self, DataFd, EngineKind};
+use super::{data_fd, dsync_fd, Disk, DiskConfig, BOUNCE_CHUNK, QUEUE_DEPTH};
+use crate::engine::{self, EngineKind};
 use crate::lock::ImageLock;
 use crate::open::{self, FileKind};
 use crate::policy::ErrorPolicy;
@@ -62,11 +62,12 @@ impl Disk {
             !cfg.read_only && open::probe_punch_hole(&file, geometry.kind, geometry.capacity);
         let eventfd =
             EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(BlockError::Io)?;
-        let data = DataFd {
-            fd: file.as_raw_fd(),
-            page_cache: page_cache(cfg.cache, fd_dsync),
-            worker_only: open::file_on_memory_fs(&file),
-        };
+        let data = data_fd(
+            file.as_raw_fd(),
+            cfg.cache,
+            fd_dsync,
+            open::file_on_memory_fs(&file),
+        );
         let worker_only = data.worker_only;
         let engine = engine::create(cfg.engine, data, &eventfd, QUEUE_DEPTH)?;
         Ok(Disk {
@@ -226,13 +227,14 @@ impl Disk {
             let flags = open::data_flags(self.cache, self.read_only, want_dsync);
             let file = open::open_data(&self.path, flags)?;
             self.engine
-                .set_fd(DataFd {
-                    fd: file.as_raw_fd(),
-                    page_cache: page_cache(self.cache, want_dsync),
-                    // The same file: its file system did not change (and
-                    // the I/O thread may not call fstatfs).
-                    worker_only: self.worker_only,
-                })
+                // The same file: its file system did not change (and the
+                // I/O thread may not call fstatfs).
+                .set_fd(data_fd(
+                    file.as_raw_fd(),
+                    self.cache,
+                    want_dsync,
+                    self.worker_only,
+                ))
                 .map_err(BlockError::Io)?;
             self.file = file;
             self.fd_dsync = want_dsync;

@@ -93,7 +93,11 @@ fn buffered_writes_without_sync_bypass_the_ring() {
         };
         // The engine is told whether a write only fills the page cache
         // (it then runs plain writes itself, see engine/uring.rs).
-        assert_eq!(page_cache(mode, d.fd_dsync), inline, "{mode}");
+        assert_eq!(
+            data_fd(0, mode, d.fd_dsync, false).page_cache(),
+            inline,
+            "{mode}"
+        );
         if mode == CacheMode::Writeback {
             // WCE off: durable writes go to the ring (RWF_DSYNC).
             d.set_write_cache(false).expect("wce off");

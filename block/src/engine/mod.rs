@@ -116,15 +116,25 @@ pub(crate) enum Pushed {
 pub(crate) struct DataFd {
     /// The descriptor.
     pub fd: RawFd,
-    /// Buffered without O_DSYNC: a write without RWF_DSYNC only copies
-    /// into the page cache.
-    pub page_cache: bool,
+    /// Opened with O_DIRECT: reads and writes go to the device, bypassing
+    /// the page cache.
+    pub direct: bool,
+    /// Opened with O_DSYNC: every write is durable at completion.
+    pub dsync: bool,
     /// On tmpfs or ramfs, whose files cannot be read or written without
     /// blocking, so that io_uring would hand every operation to a worker
     /// thread. perf on `ferrite bench --io-path --device ram` found every
     /// read of a QD32 run copied by one `iou-wrk` thread, woken and put to
     /// sleep per request.
     pub worker_only: bool,
+}
+
+impl DataFd {
+    /// Buffered without O_DSYNC: a write without RWF_DSYNC only copies
+    /// into the page cache.
+    pub fn page_cache(&self) -> bool {
+        !self.direct && !self.dsync
+    }
 }
 
 /// What every engine does.
@@ -154,6 +164,14 @@ pub(crate) trait Engine: Send {
     /// for a ring, false for work the engine ran on the caller's thread.
     fn signals_completions(&self) -> bool;
 
+    /// Whether an operation is in flight that the storage device itself
+    /// completes, from its interrupt, with no thread working on it
+    /// meanwhile: then a thread that spins for its completion takes no CPU
+    /// from the work (see [`crate::Disk::awaits_device`]).
+    fn awaits_device(&self) -> bool {
+        false
+    }
+
     /// Blocks until at least one completion can be reaped (kicks first).
     /// Only call with operations in flight.
     fn wait(&mut self) -> io::Result<()>;
@@ -174,7 +192,8 @@ pub fn io_uring_supported() -> bool {
                     use std::os::fd::AsRawFd;
                     let data = DataFd {
                         fd: f.as_raw_fd(),
-                        page_cache: false,
+                        direct: false,
+                        dsync: false,
                         worker_only: false,
                     };
                     UringEngine::new(data, &efd, 4).ok()

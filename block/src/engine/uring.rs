@@ -11,7 +11,7 @@
 //! submission must use it (no other file can be touched), and only the four
 //! opcodes the disk needs are allowed.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::io;
 
 use io_uring::register::Restriction;
@@ -41,6 +41,9 @@ pub(crate) struct UringEngine {
     held: Option<(HostOp, u64)>,
     /// Completions of operations run here, for `reap`.
     done: VecDeque<RawCompletion>,
+    /// Tags of the operations in the ring that the device completes by
+    /// itself ([`UringEngine::device_completes`]).
+    device_bound: HashSet<u64>,
 }
 
 impl UringEngine {
@@ -81,7 +84,33 @@ impl UringEngine {
             in_ring: 0,
             held: None,
             done: VecDeque::new(),
+            device_bound: HashSet::with_capacity(depth),
         })
+    }
+
+    /// Whether the device completes `op` from its interrupt while no
+    /// thread works on it: an `O_DIRECT` read or write without a sync per
+    /// write. io_uring hands a durable write (the device cannot finish it
+    /// without a flush the kernel waits for), an fdatasync, a fallocate and
+    /// a buffered read that misses the cache to an io-wq worker thread,
+    /// which needs a CPU for as long as it runs.
+    fn device_completes(&self, op: &HostOp) -> bool {
+        self.data.direct
+            && match op {
+                HostOp::Readv { .. } => true,
+                HostOp::Writev { dsync, .. } => !dsync && !self.data.dsync,
+                HostOp::Fdatasync | HostOp::Fallocate { .. } => false,
+            }
+    }
+
+    /// Puts `op` on the submission ring, tagged `tag`.
+    fn push_op(&mut self, op: HostOp, tag: u64) -> io::Result<()> {
+        let device = self.device_completes(&op);
+        self.push_entry(&Self::entry(op).user_data(tag))?;
+        if device {
+            self.device_bound.insert(tag);
+        }
+        Ok(())
     }
 
     /// Puts `entry` on the submission ring (handing a full ring to the
@@ -112,7 +141,7 @@ impl UringEngine {
         // On tmpfs every operation would be handed to a worker: the copy
         // costs less than the two thread switches (see DataFd::worker_only).
         self.data.worker_only
-            || (self.data.page_cache && matches!(op, HostOp::Writev { dsync: false, .. }))
+            || (self.data.page_cache() && matches!(op, HostOp::Writev { dsync: false, .. }))
     }
 
     /// Whether each operation goes to the kernel as it is pushed, rather
@@ -125,10 +154,11 @@ impl UringEngine {
     /// `O_DIRECT` writes, `ferrite bench --io-path --dir /var/tmp`): 32
     /// completions per interrupt, every time, 353 µs between interrupts
     /// against fio's 180 µs. One `io_uring_enter` per request costs more
-    /// CPU than one per batch, so a page-cache descriptor, whose reads
-    /// mostly complete inside the call, keeps the batch.
+    /// CPU than one per batch, so a buffered descriptor (`writeback`,
+    /// `unsafe`, `writethrough`), whose reads mostly complete inside the
+    /// call, keeps the batch.
     fn hands_over_each(&self) -> bool {
-        !self.data.page_cache
+        self.data.direct
     }
 
     fn entry(op: HostOp) -> squeue::Entry {
@@ -200,9 +230,9 @@ impl Engine for UringEngine {
         // Not alone any more: the held operation goes to the ring first,
         // in the order the disk pushed them.
         if let Some((h, htag)) = self.held.take() {
-            self.push_entry(&Self::entry(h).user_data(htag))?;
+            self.push_op(h, htag)?;
         }
-        self.push_entry(&Self::entry(op).user_data(tag))?;
+        self.push_op(op, tag)?;
         if self.hands_over_each() {
             // A failed submission leaves the entries on the ring; `kick`
             // tries again and reports the error.
@@ -233,6 +263,15 @@ impl Engine for UringEngine {
             res: i64::from(c.result()),
         }));
         self.in_ring -= out.len() - before;
+        if !self.device_bound.is_empty() {
+            for c in &out[before..] {
+                self.device_bound.remove(&c.tag);
+            }
+        }
+    }
+
+    fn awaits_device(&self) -> bool {
+        !self.device_bound.is_empty()
     }
 
     fn has_completions(&mut self) -> bool {
@@ -290,8 +329,8 @@ mod tests {
         };
         let f = tempfile::tempfile().expect("temp");
         let write = null_write;
-        for page_cache in [true, false] {
-            let Some(e) = engine(&f, &efd, page_cache, false) else {
+        for (opened, page_cache) in [(Opened::PageCache, true), (Opened::Direct, false)] {
+            let Some(e) = engine(&f, &efd, opened) else {
                 return;
             };
             assert_eq!(e.runs_inline(&write(false)), page_cache);
@@ -300,17 +339,30 @@ mod tests {
         }
     }
 
+    /// How the test's descriptor counts as opened (the engine only looks
+    /// at the flags; the file itself is a plain temporary file).
+    #[derive(Clone, Copy, Debug)]
+    enum Opened {
+        /// `writeback`, `unsafe`.
+        PageCache,
+        /// `none`: O_DIRECT.
+        Direct,
+        /// `writethrough`: O_DSYNC.
+        Dsync,
+        /// `directsync`: O_DIRECT | O_DSYNC.
+        DirectDsync,
+        /// On tmpfs.
+        Memory,
+    }
+
     /// An engine on `f`, or None (with a SKIP line) without io_uring.
-    fn engine(
-        f: &std::fs::File,
-        efd: &EventFd,
-        page_cache: bool,
-        worker_only: bool,
-    ) -> Option<UringEngine> {
+    fn engine(f: &std::fs::File, efd: &EventFd, opened: Opened) -> Option<UringEngine> {
+        use Opened::*;
         let data = DataFd {
             fd: f.as_raw_fd(),
-            page_cache,
-            worker_only,
+            direct: matches!(opened, Direct | DirectDsync),
+            dsync: matches!(opened, Dsync | DirectDsync),
+            worker_only: matches!(opened, Memory),
         };
         let e = UringEngine::new(data, efd, 8).ok();
         if e.is_none() {
@@ -325,7 +377,7 @@ mod tests {
             return;
         };
         let f = tempfile::tempfile().expect("temp");
-        let Some(mut e) = engine(&f, &efd, false, false) else {
+        let Some(mut e) = engine(&f, &efd, Opened::Direct) else {
             return;
         };
         let bufs = [[1u8; 512], [2u8; 512]];
@@ -382,8 +434,14 @@ mod tests {
             return;
         };
         let f = tempfile::tempfile().expect("temp");
-        for page_cache in [false, true] {
-            let Some(mut e) = engine(&f, &efd, page_cache, false) else {
+        for (opened, each) in [
+            (Opened::Direct, true),
+            (Opened::DirectDsync, true),
+            (Opened::PageCache, false),
+            // Buffered, durable per write: its reads are page-cache reads.
+            (Opened::Dsync, false),
+        ] {
+            let Some(mut e) = engine(&f, &efd, opened) else {
                 return;
             };
             // Two durable zero-length writes: neither is held once both
@@ -394,11 +452,7 @@ mod tests {
                 assert_eq!(pushed.ok(), Some(Pushed::Queued));
             }
             assert_eq!(e.in_ring, 2);
-            assert_eq!(
-                e.ring.submission().is_empty(),
-                !page_cache,
-                "page_cache={page_cache}"
-            );
+            assert_eq!(e.ring.submission().is_empty(), each, "{opened:?}");
             e.kick().expect("kick");
             assert!(e.ring.submission().is_empty());
             let mut out = Vec::new();
@@ -411,6 +465,48 @@ mod tests {
                 out.iter().map(|c| (c.tag, c.res)).collect::<Vec<_>>(),
                 [(0, 0), (1, 0)]
             );
+        }
+    }
+
+    #[test]
+    fn only_direct_reads_and_writes_without_sync_await_the_device() {
+        let Ok(efd) = EventFd::new(libc::EFD_NONBLOCK) else {
+            return;
+        };
+        let f = tempfile::tempfile().expect("temp");
+        let read = HostOp::Readv {
+            iov: std::ptr::null(),
+            count: 0,
+            offset: 0,
+        };
+        use Opened::*;
+        let cases = [
+            (Direct, read, true),
+            (Direct, null_write(false), true),
+            (Direct, null_write(true), false),
+            (Direct, HostOp::Fdatasync, false),
+            (DirectDsync, read, true),
+            (DirectDsync, null_write(false), false),
+            (Dsync, read, false),
+            (PageCache, read, false),
+        ];
+        for (opened, op, awaits) in cases {
+            let Some(mut e) = engine(&f, &efd, opened) else {
+                return;
+            };
+            // Two, so that neither is held back to run on this thread.
+            for tag in 0..2 {
+                // SAFETY: the operations name no memory.
+                let pushed = unsafe { e.push(op, tag) };
+                assert_eq!(pushed.ok(), Some(Pushed::Queued));
+            }
+            assert_eq!(e.awaits_device(), awaits, "{opened:?} {op:?}");
+            let mut out = Vec::new();
+            while out.len() < 2 {
+                e.wait().expect("wait");
+                e.reap(&mut out);
+            }
+            assert!(!e.awaits_device(), "{opened:?} {op:?}: all reaped");
         }
     }
 
@@ -431,8 +527,8 @@ mod tests {
             len: 512,
             mode: 0,
         };
-        for page_cache in [false, true] {
-            let Some(mut e) = engine(&f, &efd, page_cache, false) else {
+        for (opened, page_cache) in [(Opened::Direct, false), (Opened::PageCache, true)] {
+            let Some(mut e) = engine(&f, &efd, opened) else {
                 return;
             };
             // Pushed alone, each is held (taken back here, never run), but
@@ -467,7 +563,7 @@ mod tests {
         assert!(crate::open::file_on_memory_fs(&f), "/dev/shm is a tmpfs");
         let disk_file = tempfile::tempfile_in(env!("CARGO_MANIFEST_DIR")).expect("temp");
         assert!(!crate::open::file_on_memory_fs(&disk_file));
-        let Some(e) = engine(&f, &efd, false, true) else {
+        let Some(e) = engine(&f, &efd, Opened::Memory) else {
             return;
         };
         let read = HostOp::Readv {
@@ -488,7 +584,7 @@ mod tests {
         let f = tempfile::tempfile().expect("temp");
         use std::os::unix::fs::FileExt;
         f.write_all_at(&[9u8; 512], 512).expect("write");
-        let Some(mut e) = engine(&f, &efd, false, false) else {
+        let Some(mut e) = engine(&f, &efd, Opened::Direct) else {
             return;
         };
         let mut buf = [0u8; 512];

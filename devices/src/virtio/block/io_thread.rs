@@ -416,7 +416,9 @@ impl IoThread {
         if self.poll.max.is_zero() || self.active.is_none() {
             return false;
         }
-        let mut spin = Spin::new(self.poll.max, self.poll.yields);
+        let only_workers_busy = self.disk.in_flight() > 0 && !self.disk.awaits_device();
+        let window = self.poll.for_wait(only_workers_busy);
+        let mut spin = Spin::new(window, self.poll.yields);
         loop {
             if self.work_waiting() {
                 return true;
