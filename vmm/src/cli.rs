@@ -43,6 +43,10 @@ Adds a virtio-blk disk (repeatable; the first is /dev/vda), with QEMU's -drive s
                           (1, 0-3); repeat the option or join with ':' for more (0-1:3).
                           Put it on the CPU that takes the disk's interrupts (see
                           /proc/interrupts): woken elsewhere, it waits for an idle CPU
+  iothread-poll-us=N      how long the disk's I/O thread spins for work before it sleeps
+                          (default 32, QEMU's poll-max-ns rounded; 0 never spins). Longer pays on
+                          storage slower than that at high queue depth, for more host CPU;
+                          it is cut to 32 while only durable writes or flushes are in flight
   format=raw              the only format supported";
 
 const AFTER_HELP: &str = "\

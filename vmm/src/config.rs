@@ -2,12 +2,16 @@
 //! lists and `--memory` sizes. Pure functions, so every rule is tested here.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use block::{CacheMode, CacheSwitches, DiskConfig, EngineKind, ErrorPolicy};
-use devices::virtio::block::{CpuList, CpuListError};
+use devices::virtio::block::{CpuList, CpuListError, DEFAULT_POLL_MAX};
 
 /// Longest drive serial: virtio-blk's GET_ID returns 20 bytes.
 pub const MAX_SERIAL_LEN: usize = 20;
+
+/// The longest `iothread-poll-us=` (one second).
+pub const MAX_IOTHREAD_POLL_US: u64 = 1_000_000;
 
 /// One `--drive`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +35,9 @@ pub struct DriveConfig {
     pub errors: ErrorPolicy,
     /// `iothread-cpus=`: the host CPUs the disk's I/O thread may run on.
     pub iothread_cpus: Option<CpuList>,
+    /// `iothread-poll-us=`: the longest the disk's I/O thread spins for
+    /// work before it sleeps.
+    pub iothread_poll: Duration,
 }
 
 impl DriveConfig {
@@ -55,7 +62,7 @@ pub enum DriveError {
     #[error("drive option {0:?} is not key=value")]
     NotKeyValue(String),
     /// A key this VMM does not know.
-    #[error("unknown drive option {0:?} (known: file, cache, cache.writeback, cache.direct, cache.no-flush, readonly, snapshot, serial, aio, werror, rerror, iothread-cpus, format, if)")]
+    #[error("unknown drive option {0:?} (known: file, cache, cache.writeback, cache.direct, cache.no-flush, readonly, snapshot, serial, aio, werror, rerror, iothread-cpus, iothread-poll-us, format, if)")]
     UnknownKey(String),
     /// A bad `cache=`.
     #[error(transparent)]
@@ -97,6 +104,9 @@ pub enum DriveError {
     /// A bad `iothread-cpus=`.
     #[error("iothread-cpus: {0}")]
     IothreadCpus(#[from] CpuListError),
+    /// A bad `iothread-poll-us=`.
+    #[error("iothread-poll-us={0} is not a whole number of microseconds from 0 to {MAX_IOTHREAD_POLL_US}")]
+    IothreadPoll(String),
 }
 
 /// Splits a QEMU option string at single commas; `,,` stands for a comma
@@ -148,6 +158,7 @@ pub fn parse_drive(s: &str) -> Result<DriveConfig, DriveError> {
     let mut snapshot = false;
     let mut errors = ErrorPolicy::QEMU;
     let mut iothread_cpus: Option<CpuList> = None;
+    let mut iothread_poll = DEFAULT_POLL_MAX;
     for item in split_options(s) {
         if item.is_empty() {
             continue;
@@ -192,6 +203,7 @@ pub fn parse_drive(s: &str) -> Result<DriveConfig, DriveError> {
             "iothread-cpus" => iothread_cpus
                 .get_or_insert_with(CpuList::default)
                 .add(value)?,
+            "iothread-poll-us" => iothread_poll = parse_poll_us(value)?,
             "format" if value == "raw" => {}
             "format" => return Err(DriveError::Format(value.to_string())),
             "if" if value == "virtio" => {}
@@ -219,7 +231,18 @@ pub fn parse_drive(s: &str) -> Result<DriveConfig, DriveError> {
         record: None,
         errors,
         iothread_cpus,
+        iothread_poll,
     })
+}
+
+/// `iothread-poll-us=`: whole microseconds, at most a second.
+fn parse_poll_us(value: &str) -> Result<Duration, DriveError> {
+    value
+        .parse::<u64>()
+        .ok()
+        .filter(|&us| us <= MAX_IOTHREAD_POLL_US)
+        .map(Duration::from_micros)
+        .ok_or_else(|| DriveError::IothreadPoll(value.to_string()))
 }
 
 /// Why a size was refused.
@@ -278,6 +301,29 @@ mod tests {
             parse_drive("file=a,aio=io_uring").unwrap().engine,
             Some(EngineKind::IoUring)
         );
+    }
+
+    #[test]
+    fn iothread_poll_us_takes_whole_microseconds_up_to_a_second() {
+        assert_eq!(
+            parse_drive("file=a").unwrap().iothread_poll,
+            DEFAULT_POLL_MAX
+        );
+        let d = parse_drive("file=a,iothread-poll-us=300").unwrap();
+        assert_eq!(d.iothread_poll, Duration::from_micros(300));
+        assert_eq!(
+            parse_drive("file=a,iothread-poll-us=0")
+                .unwrap()
+                .iothread_poll,
+            Duration::ZERO
+        );
+        for bad in ["", "-1", "1.5", "300us", "1000001"] {
+            let e = parse_drive(&format!("file=a,iothread-poll-us={bad}")).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("iothread-poll-us={bad} is not a whole number of microseconds from 0 to 1000000")
+            );
+        }
     }
 
     #[test]

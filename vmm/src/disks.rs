@@ -90,6 +90,22 @@ impl Attached {
     }
 }
 
+/// The device's options for the drive at `index`.
+fn block_options(
+    drive: &DriveConfig,
+    index: usize,
+    thread_start: Option<ThreadStart>,
+) -> BlockOptions {
+    BlockOptions {
+        name: format!("disk {index}"),
+        serial: drive.serial.clone(),
+        thread_start,
+        iothread_cpus: drive.iothread_cpus.clone(),
+        poll_max: drive.iothread_poll,
+        ..BlockOptions::default()
+    }
+}
+
 /// Opens `drive` and puts its device on `mmio` at `slot`.
 pub fn attach(
     vm_fd: &VmFd,
@@ -105,13 +121,7 @@ pub fn attach(
         disk.record_to(dir)?;
     }
     disk.set_error_policy(drive.errors);
-    let opts = BlockOptions {
-        name: format!("disk {}", slot.index),
-        serial: drive.serial.clone(),
-        thread_start: io_thread_start,
-        iothread_cpus: drive.iothread_cpus.clone(),
-        ..BlockOptions::default()
-    };
+    let opts = block_options(drive, slot.index, io_thread_start);
     let device = BlockDevice::with_options(disk, opts).map_err(|source| DiskError::Device {
         path: path.clone(),
         source,
@@ -135,4 +145,23 @@ pub fn attach(
     let transport = Arc::new(Mutex::new(transport));
     mmio.insert(transport.clone(), slot.base, MMIO_WINDOW_SIZE)?;
     Ok(Attached { handle, transport })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_drive;
+    use std::time::Duration;
+
+    #[test]
+    fn the_drive_options_reach_the_device() {
+        let drive = parse_drive("file=a,serial=s1,iothread-cpus=0,iothread-poll-us=250").unwrap();
+        let opts = block_options(&drive, 2, None);
+        assert_eq!(opts.name, "disk 2");
+        assert_eq!(opts.serial.as_deref(), Some("s1"));
+        assert_eq!(opts.iothread_cpus, drive.iothread_cpus);
+        assert_eq!(opts.poll_max, Duration::from_micros(250));
+        let plain = block_options(&parse_drive("file=a").unwrap(), 0, None);
+        assert_eq!(plain.poll_max, devices::virtio::block::DEFAULT_POLL_MAX);
+    }
 }

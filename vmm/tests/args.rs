@@ -148,6 +148,12 @@ fn malformed_arguments_fail_with_one_line() {
             "runs backwards",
         ),
         case(
+            "iothread-poll-us with a unit",
+            &["--kernel", k, "--drive", "file=x,iothread-poll-us=300us"],
+            2,
+            "iothread-poll-us=300us is not a whole number of microseconds",
+        ),
+        case(
             "iothread on a CPU the process may not use",
             &["--kernel", good, "--drive", &pinned_nowhere],
             1,

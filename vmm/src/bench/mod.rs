@@ -108,7 +108,8 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value = "hybrid")]
     pub wait: WaitMode,
     /// Longest time the disk's I/O thread spins for work before it sleeps,
-    /// in µs (--io-path; 0: never spins, as before polling existed).
+    /// in µs, as `--drive iothread-poll-us=` sets it (--io-path; 0: never
+    /// spins, as before polling existed).
     #[arg(long, value_name = "US", default_value_t = devices::virtio::block::DEFAULT_POLL_MAX.as_micros() as u64)]
     pub poll_us: u64,
     /// Spin without offering the CPU to other tasks (device window and

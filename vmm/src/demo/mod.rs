@@ -207,6 +207,7 @@ fn demo(args: &DemoArgs) -> Result<i32, DemoError> {
                         record: None,
                         errors: block::ErrorPolicy::QEMU,
                         iothread_cpus: None,
+                        iothread_poll: devices::virtio::block::DEFAULT_POLL_MAX,
                     },
                     name,
                 })

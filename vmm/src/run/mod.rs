@@ -430,6 +430,7 @@ fn throwaway_drive(path: PathBuf) -> DriveConfig {
         record: None,
         errors: block::ErrorPolicy::QEMU,
         iothread_cpus: None,
+        iothread_poll: devices::virtio::block::DEFAULT_POLL_MAX,
     }
 }
 
