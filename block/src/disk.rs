@@ -183,9 +183,11 @@ impl Disk {
     /// Whether a host operation is in flight that the storage device
     /// completes by itself (an `O_DIRECT` read or write on the io_uring
     /// engine, without a sync per write): a caller that spins for its
-    /// completion takes no CPU from the work. Durable writes, flushes and
-    /// cache misses are carried by kernel or ferrite worker threads, which
-    /// a spinning caller would compete with.
+    /// completion takes no CPU from the work. io_uring hands durable
+    /// writes, flushes and page-cache misses to its kernel worker threads,
+    /// which a spinning caller would compete with; the threads engine
+    /// makes every call on the caller's thread, so nothing of it awaits
+    /// the device here.
     pub fn awaits_device(&self) -> bool {
         self.engine.awaits_device()
     }
