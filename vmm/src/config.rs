@@ -41,6 +41,23 @@ pub struct DriveConfig {
 }
 
 impl DriveConfig {
+    /// `file=path,cache=cache` and every other option at its default, as
+    /// `parse_drive` gives it: for drives ferrite makes itself.
+    pub fn new(path: PathBuf, cache: CacheMode) -> DriveConfig {
+        DriveConfig {
+            path,
+            cache,
+            read_only: false,
+            serial: None,
+            engine: None,
+            snapshot: false,
+            record: None,
+            errors: ErrorPolicy::QEMU,
+            iothread_cpus: None,
+            iothread_poll: DEFAULT_POLL_MAX,
+        }
+    }
+
     /// What the block crate needs to open the image.
     pub fn disk_config(&self) -> DiskConfig {
         DiskConfig {
@@ -301,6 +318,14 @@ mod tests {
             parse_drive("file=a,aio=io_uring").unwrap().engine,
             Some(EngineKind::IoUring)
         );
+    }
+
+    #[test]
+    fn a_drive_made_in_code_has_the_parsed_defaults() {
+        for mode in [CacheMode::Unsafe, CacheMode::DirectSync] {
+            let parsed = parse_drive(&format!("file=a.img,cache={}", mode.name())).unwrap();
+            assert_eq!(DriveConfig::new("a.img".into(), mode), parsed);
+        }
     }
 
     #[test]

@@ -227,12 +227,12 @@ impl Disk {
             let flags = open::data_flags(self.cache, self.read_only, want_dsync);
             let file = open::open_data(&self.path, flags)?;
             self.engine
-                // The same file: its file system did not change (and the
-                // I/O thread may not call fstatfs).
                 .set_fd(data_fd(
                     file.as_raw_fd(),
                     self.cache,
                     want_dsync,
+                    // The same file: its file system did not change (and
+                    // the I/O thread may not call fstatfs).
                     self.worker_only,
                 ))
                 .map_err(BlockError::Io)?;

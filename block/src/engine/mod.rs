@@ -142,7 +142,8 @@ pub(crate) trait Engine: Send {
     fn kind(&self) -> EngineKind;
 
     /// Queues `op`, or runs it at once if this engine decides that is
-    /// cheaper (see [`Pushed`]).
+    /// cheaper (see [`Pushed`]). `tag` is below 2^63 (the disk's slot
+    /// numbers): the io_uring engine marks operations in the top bit.
     ///
     /// # Safety
     /// The memory `op` points to must stay valid, and not be accessed by

@@ -11,7 +11,7 @@
 //! submission must use it (no other file can be touched), and only the four
 //! opcodes the disk needs are allowed.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 
 use io_uring::register::Restriction;
@@ -29,6 +29,11 @@ const IORING_UNREGISTER_FILES: u8 = 3;
 /// The registered slot of the data descriptor.
 const DATA: types::Fixed = types::Fixed(0);
 
+/// Marks, in an entry's user data, an operation the device completes by
+/// itself ([`UringEngine::device_completes`]). The mark travels through
+/// the ring with the operation, so counting them needs no table of tags.
+const DEVICE_BOUND: u64 = 1 << 63;
+
 pub(crate) struct UringEngine {
     ring: IoUring,
     /// The data descriptor, for the writes run inline.
@@ -41,9 +46,9 @@ pub(crate) struct UringEngine {
     held: Option<(HostOp, u64)>,
     /// Completions of operations run here, for `reap`.
     done: VecDeque<RawCompletion>,
-    /// Tags of the operations in the ring that the device completes by
-    /// itself ([`UringEngine::device_completes`]).
-    device_bound: HashSet<u64>,
+    /// Operations in the ring that the device completes by itself (those
+    /// marked [`DEVICE_BOUND`]).
+    device_bound: usize,
 }
 
 impl UringEngine {
@@ -84,7 +89,7 @@ impl UringEngine {
             in_ring: 0,
             held: None,
             done: VecDeque::new(),
-            device_bound: HashSet::with_capacity(depth),
+            device_bound: 0,
         })
     }
 
@@ -105,11 +110,11 @@ impl UringEngine {
 
     /// Puts `op` on the submission ring, tagged `tag`.
     fn push_op(&mut self, op: HostOp, tag: u64) -> io::Result<()> {
+        debug_assert_eq!(tag & DEVICE_BOUND, 0, "tags are below 2^63");
         let device = self.device_completes(&op);
-        self.push_entry(&Self::entry(op).user_data(tag))?;
-        if device {
-            self.device_bound.insert(tag);
-        }
+        let mark = if device { DEVICE_BOUND } else { 0 };
+        self.push_entry(&Self::entry(op).user_data(tag | mark))?;
+        self.device_bound += usize::from(device);
         Ok(())
     }
 
@@ -258,20 +263,20 @@ impl Engine for UringEngine {
     fn reap(&mut self, out: &mut Vec<RawCompletion>) {
         out.extend(self.done.drain(..));
         let before = out.len();
-        out.extend(self.ring.completion().map(|c| RawCompletion {
-            tag: c.user_data(),
-            res: i64::from(c.result()),
+        let device_bound = &mut self.device_bound;
+        out.extend(self.ring.completion().map(|c| {
+            let data = c.user_data();
+            *device_bound -= usize::from(data & DEVICE_BOUND != 0);
+            RawCompletion {
+                tag: data & !DEVICE_BOUND,
+                res: i64::from(c.result()),
+            }
         }));
         self.in_ring -= out.len() - before;
-        if !self.device_bound.is_empty() {
-            for c in &out[before..] {
-                self.device_bound.remove(&c.tag);
-            }
-        }
     }
 
     fn awaits_device(&self) -> bool {
-        !self.device_bound.is_empty()
+        self.device_bound > 0
     }
 
     fn has_completions(&mut self) -> bool {

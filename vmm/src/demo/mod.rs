@@ -198,16 +198,8 @@ fn demo(args: &DemoArgs) -> Result<i32, DemoError> {
                 let path = scratch.image(&name)?;
                 Ok(Disk {
                     config: DriveConfig {
-                        path,
-                        cache: mode,
-                        read_only: false,
                         serial: Some(format!("demo-{}", mode.name())),
-                        engine: None,
-                        snapshot: false,
-                        record: None,
-                        errors: block::ErrorPolicy::QEMU,
-                        iothread_cpus: None,
-                        iothread_poll: devices::virtio::block::DEFAULT_POLL_MAX,
+                        ..DriveConfig::new(path, mode)
                     },
                     name,
                 })

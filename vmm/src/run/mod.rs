@@ -420,18 +420,7 @@ fn copied(src: &std::path::Path, dst: PathBuf) -> Result<PathBuf, SnapshotError>
 
 /// A disk nobody keeps: the cache mode that spares the host's syncs.
 fn throwaway_drive(path: PathBuf) -> DriveConfig {
-    DriveConfig {
-        path,
-        cache: CacheMode::Unsafe,
-        read_only: false,
-        serial: None,
-        engine: None,
-        snapshot: false,
-        record: None,
-        errors: block::ErrorPolicy::QEMU,
-        iothread_cpus: None,
-        iothread_poll: devices::virtio::block::DEFAULT_POLL_MAX,
-    }
+    DriveConfig::new(path, CacheMode::Unsafe)
 }
 
 /// `--verbose`'s timing line.
