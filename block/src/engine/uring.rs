@@ -512,6 +512,13 @@ mod tests {
                 e.reap(&mut out);
             }
             assert!(!e.awaits_device(), "{opened:?} {op:?}: all reaped");
+            out.sort_by_key(|c| c.tag);
+            let tags: Vec<u64> = out.iter().map(|c| c.tag).collect();
+            assert_eq!(
+                tags,
+                [0, 1],
+                "{opened:?} {op:?}: the tags come back as pushed"
+            );
         }
     }
 
