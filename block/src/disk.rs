@@ -174,7 +174,8 @@ impl Disk {
         out.extend(self.ready.drain(..));
     }
 
-    /// Whether a completion is waiting to be collected (no system call):
+    /// Whether a completion is waiting to be collected (no system call
+    /// unless the kernel holds finished work for this thread to post):
     /// what a polling caller checks between its other work.
     pub fn has_completions(&mut self) -> bool {
         !self.ready.is_empty() || self.engine.has_completions()

@@ -157,7 +157,9 @@ pub(crate) trait Engine: Send {
     /// Moves finished operations into `out` without blocking.
     fn reap(&mut self, out: &mut Vec<RawCompletion>);
 
-    /// Whether `reap` would find something (no system call).
+    /// Whether `reap` would find something. No system call, unless the
+    /// kernel holds finished work that only this thread's entry into the
+    /// kernel posts (io_uring's `COOP_TASKRUN`).
     fn has_completions(&mut self) -> bool;
 
     /// The engine signals the disk's eventfd itself for every completion
