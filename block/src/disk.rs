@@ -193,6 +193,15 @@ impl Disk {
         self.engine.awaits_device()
     }
 
+    /// The caller spins up to `window` for a completion while
+    /// [`Disk::awaits_device`] before it sleeps: the engine may then send
+    /// an operation alone to the device to be answered while the caller
+    /// spins, rather than make the call on the caller's thread, when its
+    /// answers usually come within the window.
+    pub fn set_spin_window(&mut self, window: std::time::Duration) {
+        self.engine.set_spin_window(window);
+    }
+
     /// Signals the eventfd unless this side already did since it was last
     /// cleared.
     fn signal(&mut self) {

@@ -6,6 +6,7 @@
 //! owns every buffer an operation points to until its completion is reaped,
 //! which is what makes handing raw pointers to the kernel sound.
 
+mod answer;
 mod sync;
 mod uring;
 
@@ -13,6 +14,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::RawFd;
 use std::str::FromStr;
+use std::time::Duration;
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -174,6 +176,12 @@ pub(crate) trait Engine: Send {
     fn awaits_device(&self) -> bool {
         false
     }
+
+    /// The caller spins up to `window` for the completion of an operation
+    /// the device completes by itself ([`Engine::awaits_device`]) before
+    /// it sleeps; an engine may send such an operation alone to be waited
+    /// for that way rather than make the call on the caller's thread.
+    fn set_spin_window(&mut self, _window: Duration) {}
 
     /// Blocks until at least one completion can be reaped (kicks first).
     /// Only call with operations in flight.

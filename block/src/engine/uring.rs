@@ -13,11 +13,13 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::time::{Duration, Instant};
 
 use io_uring::register::Restriction;
 use io_uring::{opcode, squeue, types, IoUring, Probe};
 use vmm_sys_util::eventfd::EventFd;
 
+use super::answer::AnswerTime;
 use super::{run_now, DataFd, Engine, EngineKind, HostOp, Pushed, RawCompletion};
 
 /// `IORING_REGISTER_FILES_UPDATE` from the kernel uapi (not exported by the
@@ -49,6 +51,11 @@ pub(crate) struct UringEngine {
     /// Operations in the ring that the device completes by itself (those
     /// marked [`DEVICE_BOUND`]).
     device_bound: usize,
+    /// How long lone device-bound operations take to answer, against the
+    /// caller's spin ([`Engine::set_spin_window`]).
+    answers: AnswerTime,
+    /// A lone device-bound operation sent to the ring: its tag, and when.
+    lone: Option<(u64, Instant)>,
 }
 
 impl UringEngine {
@@ -90,6 +97,8 @@ impl UringEngine {
             held: None,
             done: VecDeque::new(),
             device_bound: 0,
+            answers: AnswerTime::default(),
+            lone: None,
         })
     }
 
@@ -272,8 +281,20 @@ impl Engine for UringEngine {
         // call is the same system call with the same flags, so what is
         // durable at completion does not change. Measured with `ferrite
         // bench --io-path`: see docs/io-engines.md.
+        //
+        // Except an operation the device completes by itself, when the
+        // caller's spin usually outlasts its answer (see `answer`): in the
+        // ring it is answered while the caller spins, where the call
+        // would put the thread to sleep and need a wake-up.
         if self.in_ring == 0 && self.held.is_none() {
-            self.held = Some((op, tag));
+            if self.device_completes(&op) && self.answers.spin_outlasts() {
+                self.lone = Some((tag, Instant::now()));
+                self.push_op(op, tag)?;
+                // As below: `kick` retries a failed submission.
+                let _ = self.submit(0);
+            } else {
+                self.held = Some((op, tag));
+            }
             return Ok(Pushed::Queued);
         }
         // Not alone any more: the held operation goes to the ring first,
@@ -293,9 +314,14 @@ impl Engine for UringEngine {
     fn kick(&mut self) -> io::Result<()> {
         if let Some((op, tag)) = self.held.take() {
             // Held only while nothing else was pushed: it is alone.
+            let device = self.device_completes(&op);
+            let start = Instant::now();
             // SAFETY: push's caller keeps the memory `op` names valid
             // until this completion is reaped.
             let res = unsafe { run_now(self.data.fd, op) };
+            if device {
+                self.answers.note(start.elapsed());
+            }
             self.done.push_back(RawCompletion { tag, res });
         }
         if self.ring.submission().is_empty() {
@@ -318,6 +344,16 @@ impl Engine for UringEngine {
             }
         }));
         self.in_ring -= out.len() - before;
+        if let Some((tag, since)) = self.lone {
+            if out[before..].iter().any(|c| c.tag == tag) {
+                self.answers.note(since.elapsed());
+                self.lone = None;
+            }
+        }
+    }
+
+    fn set_spin_window(&mut self, window: Duration) {
+        self.answers.set_spin(window);
     }
 
     fn awaits_device(&self) -> bool {

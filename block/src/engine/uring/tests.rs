@@ -348,6 +348,56 @@ fn every_lone_operation_but_a_page_cache_write_is_held() {
     }
 }
 
+/// With a caller that spins longer than the device's answers, a lone
+/// operation the device completes by itself goes to the ring at once,
+/// and its answer time is measured; one that a worker thread would carry
+/// is still held, and so is the first once answers grow slower than the
+/// spin.
+#[test]
+fn a_lone_device_bound_operation_goes_to_the_ring_while_the_spin_outlasts_its_answers() {
+    let Ok(efd) = EventFd::new(libc::EFD_NONBLOCK) else {
+        return;
+    };
+    let f = tempfile::tempfile().expect("temp");
+    let read = || HostOp::Readv {
+        iov: std::ptr::null(),
+        count: 0,
+        offset: 0,
+    };
+    let Some(mut e) = engine(&f, &efd, Opened::Direct) else {
+        return;
+    };
+    // Pushes `op` alone; true if it went to the ring, which then answers.
+    let to_ring = |e: &mut UringEngine, op: HostOp| {
+        // SAFETY: the operations name no memory; a held one is taken
+        // back unrun.
+        assert_eq!(unsafe { e.push(op, 3) }.ok(), Some(Pushed::Queued));
+        if e.held.take().is_some() {
+            assert_eq!(e.in_ring, 0);
+            return false;
+        }
+        assert_eq!((e.in_ring, e.lone.map(|l| l.0)), (1, Some(3)));
+        let mut out = Vec::new();
+        while out.is_empty() {
+            e.wait().expect("wait");
+            e.reap(&mut out);
+        }
+        assert_eq!(out, [RawCompletion { tag: 3, res: 0 }]);
+        assert!(e.lone.is_none(), "the answer was not measured");
+        true
+    };
+    assert!(!to_ring(&mut e, read()), "a caller that does not spin");
+    e.set_spin_window(Duration::from_secs(1));
+    assert!(to_ring(&mut e, read()), "untried answers");
+    assert!(to_ring(&mut e, read()), "answers within the spin");
+    assert!(!to_ring(&mut e, null_write(true)), "a durable write");
+    assert!(!to_ring(&mut e, HostOp::Fdatasync));
+    for _ in 0..8 {
+        e.answers.note(Duration::from_secs(10));
+    }
+    assert!(!to_ring(&mut e, read()), "answers slower than the spin");
+}
+
 #[test]
 fn on_tmpfs_every_operation_runs_on_the_disks_thread() {
     let Ok(efd) = EventFd::new(libc::EFD_NONBLOCK) else {

@@ -343,6 +343,9 @@ impl IoThread {
 
     fn run(mut self) {
         self.prepare();
+        if !self.poll.max.is_zero() {
+            self.disk.set_spin_window(self.poll.for_wait(false));
+        }
         let mut events = [EpollEvent::default(); 4];
         loop {
             if !self.poll_for_work() && !self.arm() {
