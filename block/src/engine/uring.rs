@@ -148,10 +148,11 @@ impl UringEngine {
 
     /// Whether the device completes `op` from its interrupt while no
     /// thread works on it: an `O_DIRECT` read or write without a sync per
-    /// write. io_uring hands a durable write (the device cannot finish it
-    /// without a flush the kernel waits for), an fdatasync, a fallocate and
-    /// a buffered read that misses the cache to an io-wq worker thread,
-    /// which needs a CPU for as long as it runs.
+    /// write. A kernel thread carries the rest, and needs a CPU for as long
+    /// as it runs: a durable `O_DIRECT` write ends in a flush that the
+    /// kernel's dio worker waits for on the interrupt's CPU, and io_uring
+    /// hands a buffered durable write, an fdatasync, a fallocate and a
+    /// buffered read that misses the cache to an io-wq worker thread.
     fn device_completes(&self, op: &HostOp) -> bool {
         self.data.direct
             && match op {

@@ -44,9 +44,10 @@ impl PollWindow {
     /// A long window (`iothread-poll-us=`) is for storage whose
     /// completions come later than the default window lasts: spinning
     /// through the wait saves the wake-up when they come. While the only
-    /// work in flight is carried by worker threads (durable writes and
-    /// flushes, which io_uring hands to its io-wq workers), spinning only
-    /// burns a CPU those workers may need. Measured on this project's
+    /// work in flight is carried by kernel threads (durable writes and
+    /// flushes: io_uring's io-wq workers, or the dio workers that finish
+    /// an `O_DIRECT` durable write), spinning only burns a CPU those
+    /// threads may need. Measured on this project's
     /// 2-core host (`ferrite bench --io-path --dir /var/tmp --poll-us 300`,
     /// `writethrough` 4 KiB random writes at QD32, 2 rounds of 5 pairs):
     /// 34-38 µs of the I/O thread's CPU per write with this limit, 55-67
