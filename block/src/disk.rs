@@ -184,9 +184,10 @@ impl Disk {
     /// Whether a host operation is in flight that the storage device
     /// completes by itself (an `O_DIRECT` read or write on the io_uring
     /// engine, without a sync per write): a caller that spins for its
-    /// completion takes no CPU from the work. io_uring hands durable
-    /// writes, flushes and page-cache misses to its kernel worker threads,
-    /// which a spinning caller would compete with; the threads engine
+    /// completion takes no CPU from the work. Kernel threads carry
+    /// durable writes, flushes and page-cache misses (io_uring's io-wq
+    /// workers, or the dio worker that syncs an `O_DIRECT` durable write),
+    /// and a spinning caller would compete with them; the threads engine
     /// makes every call on the caller's thread, so nothing of it awaits
     /// the device here.
     pub fn awaits_device(&self) -> bool {

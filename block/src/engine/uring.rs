@@ -275,28 +275,24 @@ impl Engine for UringEngine {
         // the call on this thread. Alone, the ring can at best make the
         // same system call inline in `io_uring_enter` (a cached buffered
         // read, an O_DIRECT read or write on a block device), and often
-        // hands it to an io-wq worker thread instead, two thread switches
-        // on top of the call: a durable write (RWF_DSYNC, an O_DSYNC
-        // descriptor), an fdatasync, a fallocate, a buffered read of
-        // uncached data. The thread would only wait for it anyway. The
-        // call is the same system call with the same flags, so what is
-        // durable at completion does not change. Measured with `ferrite
-        // bench --io-path`: see docs/io-engines.md.
+        // leaves it to a kernel worker thread instead, two thread switches
+        // on top of the call: a durable write (io-wq, or the dio worker
+        // that syncs an O_DIRECT one), an fdatasync, a fallocate, a
+        // buffered read of uncached data. The thread would only wait for
+        // it anyway. The call is the same system call with the same
+        // flags, so what is durable at completion does not change.
+        // Measured with `ferrite bench --io-path`: see docs/io-engines.md.
         //
         // Except an operation the device completes by itself, when the
         // caller's spin usually outlasts its answer (see `answer`): in the
         // ring it is answered while the caller spins, where the call
         // would put the thread to sleep and need a wake-up.
         if self.in_ring == 0 && self.held.is_none() {
-            if self.device_completes(&op) && self.answers.spin_outlasts() {
-                self.lone = Some((tag, Instant::now()));
-                self.push_op(op, tag)?;
-                // As below: `kick` retries a failed submission.
-                let _ = self.submit(0);
-            } else {
+            if !(self.device_completes(&op) && self.answers.spin_outlasts()) {
                 self.held = Some((op, tag));
+                return Ok(Pushed::Queued);
             }
-            return Ok(Pushed::Queued);
+            self.lone = Some((tag, Instant::now()));
         }
         // Not alone any more: the held operation goes to the ring first,
         // in the order the disk pushed them.

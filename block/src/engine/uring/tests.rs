@@ -16,9 +16,7 @@ fn null_write(dsync: bool) -> HostOp {
 
 #[test]
 fn the_engine_runs_plain_page_cache_writes_itself() {
-    let Ok(efd) = EventFd::new(libc::EFD_NONBLOCK) else {
-        return;
-    };
+    let efd = eventfd();
     let f = tempfile::tempfile().expect("temp");
     let write = null_write;
     for (opened, page_cache) in [(Opened::PageCache, true), (Opened::Direct, false)] {
@@ -29,6 +27,11 @@ fn the_engine_runs_plain_page_cache_writes_itself() {
         assert!(!e.runs_inline(&write(true)), "RWF_DSYNC stays on the ring");
         assert!(!e.runs_inline(&HostOp::Fdatasync));
     }
+}
+
+/// The eventfd an engine signals.
+fn eventfd() -> EventFd {
+    EventFd::new(libc::EFD_NONBLOCK).expect("eventfd")
 }
 
 /// How the test's descriptor counts as opened (the engine only looks
@@ -74,9 +77,7 @@ fn a_completion_left_to_this_thread_is_seen_by_polling() {
     use std::os::unix::fs::{FileExt, OpenOptionsExt};
     #[repr(align(4096))]
     struct Block([u8; 4096]);
-    let Ok(efd) = EventFd::new(libc::EFD_NONBLOCK) else {
-        return;
-    };
+    let efd = eventfd();
     // In the crate's directory: a real file system, where O_DIRECT
     // reads go to the device (tmpfs would complete them inline).
     let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("temp dir");
@@ -164,9 +165,7 @@ fn a_completion_left_to_this_thread_is_seen_by_polling() {
 
 #[test]
 fn a_lone_durable_write_runs_at_kick_and_two_go_to_the_ring() {
-    let Ok(efd) = EventFd::new(libc::EFD_NONBLOCK) else {
-        return;
-    };
+    let efd = eventfd();
     let f = tempfile::tempfile().expect("temp");
     let Some(mut e) = engine(&f, &efd, Opened::Direct) else {
         return;
@@ -221,9 +220,7 @@ fn a_lone_durable_write_runs_at_kick_and_two_go_to_the_ring() {
 
 #[test]
 fn direct_io_goes_to_the_kernel_at_each_push_and_page_cache_io_at_kick() {
-    let Ok(efd) = EventFd::new(libc::EFD_NONBLOCK) else {
-        return;
-    };
+    let efd = eventfd();
     let f = tempfile::tempfile().expect("temp");
     for (opened, each) in [
         (Opened::Direct, true),
@@ -261,9 +258,7 @@ fn direct_io_goes_to_the_kernel_at_each_push_and_page_cache_io_at_kick() {
 
 #[test]
 fn only_direct_reads_and_writes_without_sync_await_the_device() {
-    let Ok(efd) = EventFd::new(libc::EFD_NONBLOCK) else {
-        return;
-    };
+    let efd = eventfd();
     let f = tempfile::tempfile().expect("temp");
     let read = HostOp::Readv {
         iov: std::ptr::null(),
@@ -310,9 +305,7 @@ fn only_direct_reads_and_writes_without_sync_await_the_device() {
 
 #[test]
 fn every_lone_operation_but_a_page_cache_write_is_held() {
-    let Ok(efd) = EventFd::new(libc::EFD_NONBLOCK) else {
-        return;
-    };
+    let efd = eventfd();
     let f = tempfile::tempfile().expect("temp");
     let write = null_write;
     let read = HostOp::Readv {
@@ -355,9 +348,7 @@ fn every_lone_operation_but_a_page_cache_write_is_held() {
 /// spin.
 #[test]
 fn a_lone_device_bound_operation_goes_to_the_ring_while_the_spin_outlasts_its_answers() {
-    let Ok(efd) = EventFd::new(libc::EFD_NONBLOCK) else {
-        return;
-    };
+    let efd = eventfd();
     let f = tempfile::tempfile().expect("temp");
     let read = || HostOp::Readv {
         iov: std::ptr::null(),
@@ -400,9 +391,7 @@ fn a_lone_device_bound_operation_goes_to_the_ring_while_the_spin_outlasts_its_an
 
 #[test]
 fn on_tmpfs_every_operation_runs_on_the_disks_thread() {
-    let Ok(efd) = EventFd::new(libc::EFD_NONBLOCK) else {
-        return;
-    };
+    let efd = eventfd();
     let shm = std::path::Path::new("/dev/shm");
     let Ok(f) = tempfile::tempfile_in(shm) else {
         eprintln!("SKIP: no /dev/shm here");
@@ -426,9 +415,7 @@ fn on_tmpfs_every_operation_runs_on_the_disks_thread() {
 
 #[test]
 fn a_lone_read_runs_at_kick() {
-    let Ok(efd) = EventFd::new(libc::EFD_NONBLOCK) else {
-        return;
-    };
+    let efd = eventfd();
     let f = tempfile::tempfile().expect("temp");
     use std::os::unix::fs::FileExt;
     f.write_all_at(&[9u8; 512], 512).expect("write");

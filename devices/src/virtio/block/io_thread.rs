@@ -343,9 +343,8 @@ impl IoThread {
 
     fn run(mut self) {
         self.prepare();
-        if !self.poll.max.is_zero() {
-            self.disk.set_spin_window(self.poll.for_wait(false));
-        }
+        // The window it spins while the device itself has work.
+        self.disk.set_spin_window(self.poll.max);
         let mut events = [EpollEvent::default(); 4];
         loop {
             if !self.poll_for_work() && !self.arm() {
